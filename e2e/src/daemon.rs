@@ -1,0 +1,562 @@
+//! berthd under test: a child process with a private root, state dir, socket and CNI config,
+//! all inside one temporary directory, and a teardown on drop that also runs when the test
+//! panics.
+//!
+//! Teardown, in order: stop berthd (SIGTERM, SIGKILL after a grace period); stop leftover
+//! processes whose command line names the temporary directory (detached shims) and kill
+//! container processes whose mounts name it (their rootfs lives there); lazily unmount
+//! everything under it, deepest first; remove the network namespaces and the bridge named in the
+//! options; delete the directory.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nix::mount::{MntFlags, umount2};
+use serde_json::json;
+use tempfile::TempDir;
+
+use crate::cleanup::{kill_containers_rooted_in, kill_processes_mentioning, unmount_under};
+use crate::process::{LoggedChild, wait_until};
+use crate::registry::Registry;
+use crate::testimages::{GCR_IO, REGISTRY_K8S_IO};
+use crate::tools;
+
+/// Environment variable naming the berthd binary to test.
+pub const BERTHD_BIN_ENV: &str = "BERTHD_BIN";
+/// Debian's containernetworking-plugins.
+pub const DEBIAN_CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// `sun_path` is 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// How to start berthd. `Default` gives a daemon with no registry settings and an empty CNI
+/// config dir.
+#[derive(Clone, Debug)]
+pub struct BerthdOptions {
+    /// `--registry-mirror HOST=URL`, e.g. (`registry.k8s.io`, `http://127.0.0.1:5000`).
+    pub registry_mirrors: Vec<(String, String)>,
+    /// `--insecure-registry HOST:PORT` (plain HTTP).
+    pub insecure_registries: Vec<String>,
+    /// `--runtime NAME=PATH`.
+    pub runtimes: Vec<(String, PathBuf)>,
+    /// Appended to the command line after everything else.
+    pub extra_args: Vec<OsString>,
+    /// Added to the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Contents of the `--config` file.
+    pub config: String,
+    pub cni_bin_dir: PathBuf,
+    /// With `subnet`, writes a bridge + portmap CNI network on this bridge into the CNI config
+    /// dir; the bridge is deleted at teardown.
+    pub bridge: Option<String>,
+    /// IPv4 CIDR for the bridge network's host-local IPAM, e.g. `10.88.7.0/24`.
+    pub subnet: Option<String>,
+    /// A directory owned by this test in which berthd creates network namespace files: every
+    /// entry is unmounted and removed at teardown. Never a shared one such as `/run/netns`.
+    pub netns_dir: Option<PathBuf>,
+    /// How long to wait for the CRI socket to answer.
+    pub ready_timeout: Duration,
+    /// How long berthd gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl Default for BerthdOptions {
+    fn default() -> Self {
+        BerthdOptions {
+            registry_mirrors: Vec::new(),
+            insecure_registries: Vec::new(),
+            runtimes: Vec::new(),
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            config: String::new(),
+            cni_bin_dir: PathBuf::from(DEBIAN_CNI_BIN_DIR),
+            bridge: None,
+            subnet: None,
+            netns_dir: None,
+            ready_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BerthdOptions {
+    pub fn registry_mirror(mut self, host: &str, url: &str) -> Self {
+        self.registry_mirrors
+            .push((host.to_owned(), url.to_owned()));
+        self
+    }
+
+    pub fn insecure_registry(mut self, host: &str) -> Self {
+        self.insecure_registries.push(host.to_owned());
+        self
+    }
+
+    /// Serves `registry.k8s.io` and `gcr.io` from `registry` (plain HTTP), as critest's images
+    /// are pushed there by [`crate::testimages::push_critest_images`].
+    pub fn mirror_critest_registries(self, registry: &Registry) -> Self {
+        let url = registry.url();
+        self.insecure_registry(&registry.host())
+            .registry_mirror(REGISTRY_K8S_IO, &url)
+            .registry_mirror(GCR_IO, &url)
+    }
+
+    pub fn runtime(mut self, name: &str, path: impl Into<PathBuf>) -> Self {
+        self.runtimes.push((name.to_owned(), path.into()));
+        self
+    }
+
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn bridge_network(mut self, bridge: &str, subnet: &str) -> Self {
+        self.bridge = Some(bridge.to_owned());
+        self.subnet = Some(subnet.to_owned());
+        self
+    }
+}
+
+/// The files and directories of one daemon instance, all under its temporary directory.
+#[derive(Clone, Debug)]
+pub struct BerthdPaths {
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub log: PathBuf,
+    pub crictl_config: PathBuf,
+}
+
+impl BerthdPaths {
+    fn under(dir: &Path) -> Self {
+        BerthdPaths {
+            dir: dir.to_owned(),
+            root: dir.join("root"),
+            state: dir.join("state"),
+            socket: dir.join("berthd.sock"),
+            config: dir.join("berthd.toml"),
+            cni_conf_dir: dir.join("cni/net.d"),
+            log: dir.join("berthd.log"),
+            crictl_config: dir.join("crictl.yaml"),
+        }
+    }
+}
+
+/// A running berthd.
+pub struct Berthd {
+    child: LoggedChild,
+    binary: PathBuf,
+    paths: BerthdPaths,
+    options: BerthdOptions,
+    crictl: PathBuf,
+    // Taken in Drop, after everything that lives inside it is gone.
+    dir: Option<TempDir>,
+}
+
+impl std::fmt::Debug for Berthd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Berthd")
+            .field("pid", &self.child.pid())
+            .field("dir", &self.paths.dir)
+            .finish()
+    }
+}
+
+impl Berthd {
+    /// Starts berthd and waits until `crictl version` answers on its socket.
+    pub fn start(options: BerthdOptions) -> Result<Self> {
+        let binary = berthd_binary()?;
+        let crictl = tools::crictl()?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .context("berthd temp dir")?;
+        let paths = BerthdPaths::under(dir.path());
+        prepare_files(&paths, &options)?;
+
+        let child = spawn(&binary, &paths, &options)?;
+        let mut daemon = Berthd {
+            child,
+            binary,
+            paths,
+            options,
+            crictl,
+            dir: Some(dir),
+        };
+        daemon.wait_ready()?;
+        Ok(daemon)
+    }
+
+    /// Stops berthd (SIGTERM, SIGKILL after the grace period) and starts it again on the same
+    /// root, state and socket, leaving shims, containers and mounts in place: what a restart
+    /// test needs to check recovery. The old socket file stays too: berthd must cope with it.
+    pub fn restart(&mut self) -> Result<()> {
+        self.child.stop(self.options.stop_grace);
+        self.child = spawn(&self.binary, &self.paths, &self.options)?;
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let binary = self.binary.clone();
+        let timeout = self.options.ready_timeout;
+        let mut exited = None;
+        let mut last = String::new();
+        let ready = wait_until(timeout, || {
+            exited = self.child.exited();
+            if exited.is_some() {
+                return true;
+            }
+            if !self.paths.socket.exists() {
+                last = "socket not created yet".into();
+                return false;
+            }
+            match self.crictl_with_timeout(&["version"], "2s") {
+                Ok(out) if out.status.success() => true,
+                Ok(out) => {
+                    last = format!(
+                        "crictl version: {}: {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                    false
+                }
+                Err(e) => {
+                    last = format!("{e:#}");
+                    false
+                }
+            }
+        });
+        if let Some(status) = exited {
+            bail!(
+                "berthd ({}) exited during start-up ({status}); log:\n{}",
+                binary.display(),
+                self.log_tail()
+            );
+        }
+        if !ready {
+            bail!(
+                "berthd ({}) not ready after {timeout:?} ({last}); log:\n{}",
+                binary.display(),
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn paths(&self) -> &BerthdPaths {
+        &self.paths
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// `unix://<socket>`, the CRI endpoint for crictl and critest.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.paths.socket.display())
+    }
+
+    /// The last 16 KiB of berthd's log.
+    pub fn log_tail(&self) -> String {
+        self.child.log_tail(16 * 1024)
+    }
+
+    /// `Some(status)` if berthd has exited.
+    pub fn exited(&mut self) -> Option<String> {
+        self.child.exited()
+    }
+
+    /// Runs the pinned crictl against this daemon (runtime and image endpoint, 30 s timeout).
+    pub fn crictl(&self, args: &[&str]) -> Result<Output> {
+        self.crictl_with_timeout(args, "30s")
+    }
+
+    /// Like [`Berthd::crictl`], but a non-zero exit is an error carrying stderr and berthd's log.
+    pub fn crictl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.crictl(args)?;
+        if !out.status.success() {
+            bail!(
+                "crictl {} failed ({}):\nstdout: {}\nstderr: {}\nberthd log:\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            );
+        }
+        String::from_utf8(out.stdout)
+            .with_context(|| format!("crictl {} printed non-UTF-8", args.join(" ")))
+    }
+
+    /// Runs crictl with `-o json` appended and parses its output.
+    pub fn crictl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.crictl_ok(&all)?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("crictl {} printed invalid JSON: {out}", all.join(" ")))
+    }
+
+    fn crictl_with_timeout(&self, args: &[&str], timeout: &str) -> Result<Output> {
+        let endpoint = self.endpoint();
+        Command::new(&self.crictl)
+            .arg("--config")
+            .arg(&self.paths.crictl_config)
+            .args([
+                "--runtime-endpoint",
+                &endpoint,
+                "--image-endpoint",
+                &endpoint,
+                "--timeout",
+                timeout,
+            ])
+            .args(args)
+            .output()
+            .with_context(|| format!("run {} {}", self.crictl.display(), args.join(" ")))
+    }
+
+    fn teardown(&mut self) {
+        self.child.stop(self.options.stop_grace);
+        let dir = self.paths.dir.clone();
+        // Twice: a shim killed in the first pass may have had children of its own.
+        for _ in 0..2 {
+            kill_processes_mentioning(&dir, Duration::from_secs(5));
+            kill_containers_rooted_in(&dir);
+        }
+        unmount_under(&dir);
+        if let Some(netns_dir) = &self.options.netns_dir {
+            remove_netns_files(netns_dir);
+        }
+        if let Some(bridge) = &self.options.bridge {
+            delete_link(bridge);
+        }
+        if let Some(dir) = self.dir.take() {
+            let path = dir.path().to_owned();
+            if let Err(e) = dir.close() {
+                eprintln!("berth-e2e: remove {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// The berthd binary: `$BERTHD_BIN`, else `berthd` in the cargo profile dir this test binary
+/// was built into (`<target>/debug/deps/<test>` → `<target>/debug/berthd`).
+pub fn berthd_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(BERTHD_BIN_ENV) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("{BERTHD_BIN_ENV}={} is not a file", path.display());
+        }
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("locate the test executable")?;
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile_dir| profile_dir.join("berthd"))
+        .with_context(|| format!("no profile dir above {}", exe.display()))?;
+    if !candidate.is_file() {
+        bail!(
+            "berthd binary not found: {BERTHD_BIN_ENV} is unset and {} does not exist \
+             (build it with `cargo build -p berth-server` or set {BERTHD_BIN_ENV})",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+fn spawn(binary: &Path, paths: &BerthdPaths, options: &BerthdOptions) -> Result<LoggedChild> {
+    let mut cmd = Command::new(binary);
+    cmd.args(berthd_args(paths, options));
+    cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
+    LoggedChild::spawn("berthd", cmd, &paths.log)
+}
+
+fn prepare_files(paths: &BerthdPaths, options: &BerthdOptions) -> Result<()> {
+    if paths.socket.as_os_str().len() > MAX_SOCKET_PATH {
+        bail!(
+            "socket path {} is longer than a unix socket allows; set TMPDIR to a shorter dir",
+            paths.socket.display()
+        );
+    }
+    for dir in [&paths.root, &paths.state, &paths.cni_conf_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(&paths.config, &options.config)
+        .with_context(|| format!("write {}", paths.config.display()))?;
+    let endpoint = format!("unix://{}", paths.socket.display());
+    std::fs::write(
+        &paths.crictl_config,
+        format!(
+            "runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 30\ndebug: false\n"
+        ),
+    )
+    .with_context(|| format!("write {}", paths.crictl_config.display()))?;
+    if let (Some(bridge), Some(subnet)) = (&options.bridge, &options.subnet) {
+        let conflist = bridge_conflist(bridge, subnet, &paths.state.join("cni-ipam"));
+        let file = paths.cni_conf_dir.join("10-berth-e2e.conflist");
+        std::fs::write(&file, serde_json::to_vec_pretty(&conflist)?)
+            .with_context(|| format!("write {}", file.display()))?;
+    }
+    Ok(())
+}
+
+fn berthd_args(paths: &BerthdPaths, options: &BerthdOptions) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut flag = |name: &str, value: OsString| {
+        args.push(name.into());
+        args.push(value);
+    };
+    flag("--config", paths.config.clone().into());
+    flag("--root", paths.root.clone().into());
+    flag("--state", paths.state.clone().into());
+    flag("--socket", paths.socket.clone().into());
+    flag("--log-level", "debug".into());
+    flag("--cni-conf-dir", paths.cni_conf_dir.clone().into());
+    flag("--cni-bin-dir", options.cni_bin_dir.clone().into());
+    for host in &options.insecure_registries {
+        flag("--insecure-registry", host.into());
+    }
+    for (host, url) in &options.registry_mirrors {
+        flag("--registry-mirror", format!("{host}={url}").into());
+    }
+    for (name, path) in &options.runtimes {
+        let mut value = OsString::from(format!("{name}="));
+        value.push(path);
+        flag("--runtime", value);
+    }
+    args.extend(options.extra_args.iter().cloned());
+    args
+}
+
+/// A bridge network whose IPAM state stays in the test's directory (not /var/lib/cni).
+fn bridge_conflist(bridge: &str, subnet: &str, ipam_dir: &Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "berth-e2e",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": ipam_dir,
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+        ],
+    })
+}
+
+fn remove_netns_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // Not mounted (already released) is fine: the file still has to go.
+        let _ = umount2(&path, MntFlags::MNT_DETACH);
+        if let Err(e) = std::fs::remove_file(&path) {
+            eprintln!("berth-e2e: remove netns {}: {e}", path.display());
+        }
+    }
+}
+
+fn delete_link(name: &str) {
+    if !Path::new("/sys/class/net").join(name).exists() {
+        return;
+    }
+    match Command::new("ip").args(["link", "delete", name]).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "berth-e2e: ip link delete {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => eprintln!("berth-e2e: ip link delete {name}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_follows_the_berthd_interface() {
+        let paths = BerthdPaths::under(Path::new("/tmp/t"));
+        let options = BerthdOptions::default()
+            .insecure_registry("127.0.0.1:5000")
+            .registry_mirror("registry.k8s.io", "http://127.0.0.1:5000")
+            .registry_mirror("gcr.io", "http://127.0.0.1:5000")
+            .runtime("crun", "/usr/bin/crun")
+            .arg("--extra");
+        let args: Vec<String> = berthd_args(&paths, &options)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--config",
+                "/tmp/t/berthd.toml",
+                "--root",
+                "/tmp/t/root",
+                "--state",
+                "/tmp/t/state",
+                "--socket",
+                "/tmp/t/berthd.sock",
+                "--log-level",
+                "debug",
+                "--cni-conf-dir",
+                "/tmp/t/cni/net.d",
+                "--cni-bin-dir",
+                "/usr/lib/cni",
+                "--insecure-registry",
+                "127.0.0.1:5000",
+                "--registry-mirror",
+                "registry.k8s.io=http://127.0.0.1:5000",
+                "--registry-mirror",
+                "gcr.io=http://127.0.0.1:5000",
+                "--runtime",
+                "crun=/usr/bin/crun",
+                "--extra",
+            ]
+        );
+    }
+
+    #[test]
+    fn bridge_network_keeps_ipam_state_in_the_test_dir() {
+        let conf = bridge_conflist(
+            "berth-e2e0",
+            "10.88.7.0/24",
+            Path::new("/tmp/t/state/cni-ipam"),
+        );
+        assert_eq!(conf["plugins"][0]["bridge"], "berth-e2e0");
+        assert_eq!(
+            conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.88.7.0/24"
+        );
+        assert_eq!(
+            conf["plugins"][0]["ipam"]["dataDir"],
+            "/tmp/t/state/cni-ipam"
+        );
+    }
+}

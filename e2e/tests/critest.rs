@@ -1,0 +1,105 @@
+//! critest (the CRI validation suite) against berthd, with every image it pulls served by a
+//! local registry mirroring `registry.k8s.io` and `gcr.io`. Long (tens of minutes) and not
+//! expected to pass yet, so it is ignored by default:
+//!
+//! ```text
+//! BERTHD_BIN=/path/to/berthd cargo test -p berth-e2e --test critest -- --ignored --nocapture
+//! ```
+//!
+//! It asserts only that critest ran to its summary; the counts are printed. `CRITEST_FOCUS` and
+//! `CRITEST_SKIP` pass through as ginkgo focus/skip regular expressions. critest's full output
+//! is kept in a log file whose path is printed first.
+
+use std::fs::File;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
+use berth_e2e::registry::Registry;
+use berth_e2e::testimages::push_critest_images;
+use berth_e2e::tools::{self, parse_ginkgo_summary};
+
+/// ginkgo's own limit; the outer one only guards against a hung critest.
+const GINKGO_TIMEOUT: &str = "30m";
+const OUTER_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+
+#[test]
+#[ignore = "runs the full CRI validation suite (tens of minutes); run with --ignored"]
+fn critest_against_berthd() -> Result<()> {
+    let critest = tools::critest()?;
+    berthd_binary()?;
+    let registry = Registry::start()?;
+    let pushed = push_critest_images(&registry)?;
+    for known in pushed
+        .iter()
+        .filter_map(|p| p.known_issue.map(|issue| (p.upstream_reference(), issue)))
+    {
+        println!("known issue with {}: {}", known.0, known.1);
+    }
+    let berthd = Berthd::start(BerthdOptions::default().mirror_critest_registries(&registry))?;
+
+    let log_path = std::env::temp_dir().join(format!("berth-critest-{}.log", std::process::id()));
+    let log = File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+    println!("critest output: {}", log_path.display());
+
+    let endpoint = berthd.endpoint();
+    let mut cmd = Command::new(&critest);
+    cmd.arg(format!("-runtime-endpoint={endpoint}"))
+        .arg(format!("-image-endpoint={endpoint}"))
+        // Its own client config, so /etc/crictl.yaml on the host cannot redirect critest.
+        .arg(format!(
+            "-config={}",
+            berthd.paths().crictl_config.display()
+        ))
+        .arg(format!("-ginkgo.timeout={GINKGO_TIMEOUT}"))
+        .arg("-ginkgo.no-color");
+    if let Ok(focus) = std::env::var("CRITEST_FOCUS") {
+        cmd.arg(format!("-ginkgo.focus={focus}"));
+    }
+    if let Ok(skip) = std::env::var("CRITEST_SKIP") {
+        cmd.arg(format!("-ginkgo.skip={skip}"));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawn {}", critest.display()))?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > OUTER_TIMEOUT {
+            // Our own child, by PID: Child::kill sends SIGKILL to exactly this process.
+            child.kill()?;
+            child.wait()?;
+            bail!(
+                "critest still running after {OUTER_TIMEOUT:?}; output in {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+
+    let output = std::fs::read_to_string(&log_path)?;
+    for line in output
+        .lines()
+        .filter(|l| l.contains("[FAIL]") || l.contains("[PANICKED]"))
+    {
+        println!("{line}");
+    }
+    println!("critest exited {status} after {:?}", started.elapsed());
+    match parse_ginkgo_summary(&output) {
+        Some(summary) => {
+            println!("critest summary: {summary}");
+            Ok(())
+        }
+        None => bail!(
+            "critest produced no summary ({status}); output in {}; berthd log tail:\n{}",
+            log_path.display(),
+            berthd.log_tail()
+        ),
+    }
+}
