@@ -1,0 +1,9 @@
+//! Pod networking for berth.
+//!
+//! - [`conf`]: finding and validating the CNI network configuration berthd uses.
+//! - `berth-bridge` (binary): berth's own CNI plugin for bridge networks.
+
+pub mod conf;
+
+/// CNI spec versions this crate reads and writes, oldest first.
+pub const SUPPORTED_CNI_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];

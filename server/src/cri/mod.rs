@@ -1,0 +1,41 @@
+//! The CRI v1 services. This layer translates: it validates requests, calls berth's domain
+//! services and maps their results and errors; it owns no state. One file per RPC group.
+//!
+//! RPCs whose capability has not landed answer `Unimplemented`, never a fake success.
+
+mod image_service;
+mod runtime_info;
+mod runtime_service;
+
+use std::sync::Arc;
+
+use berth_proto::cri::image_service_server::ImageServiceServer;
+use berth_proto::cri::runtime_service_server::RuntimeServiceServer;
+
+use crate::config::Config;
+use crate::node::NodeInfo;
+
+/// What the CRI handlers need from the daemon, shared by both services.
+pub struct Cri {
+    config: Arc<Config>,
+    node: Arc<NodeInfo>,
+}
+
+impl Cri {
+    pub fn new(config: Arc<Config>, node: Arc<NodeInfo>) -> Arc<Cri> {
+        Arc::new(Cri { config, node })
+    }
+}
+
+/// The RuntimeService half, as a tonic service.
+pub fn runtime_service(cri: Arc<Cri>) -> RuntimeServiceServer<CriRuntime> {
+    RuntimeServiceServer::new(CriRuntime(cri))
+}
+
+/// The ImageService half, as a tonic service.
+pub fn image_service() -> ImageServiceServer<CriImages> {
+    ImageServiceServer::new(CriImages)
+}
+
+pub struct CriRuntime(Arc<Cri>);
+pub struct CriImages;

@@ -1,0 +1,226 @@
+//! Version, Status and RuntimeConfig: what the runtime is and whether it is ready.
+
+use std::collections::HashMap;
+
+use berth_proto::cri::{
+    CgroupDriver, LinuxRuntimeConfiguration, RuntimeCondition, RuntimeConfigResponse,
+    RuntimeStatus, StatusResponse, VersionResponse,
+};
+
+use super::Cri;
+use crate::config;
+
+/// The CRI API version berth speaks.
+const RUNTIME_API_VERSION: &str = "v1";
+/// The kubelet runtime API version that `Version` reports, as containerd and CRI-O do.
+const KUBE_RUNTIME_API_VERSION: &str = "0.1.0";
+
+const RUNTIME_READY: &str = "RuntimeReady";
+const NETWORK_READY: &str = "NetworkReady";
+
+impl Cri {
+    pub(super) fn version(&self) -> VersionResponse {
+        VersionResponse {
+            version: KUBE_RUNTIME_API_VERSION.to_string(),
+            runtime_name: "berth".to_string(),
+            runtime_version: env!("CARGO_PKG_VERSION").to_string(),
+            runtime_api_version: RUNTIME_API_VERSION.to_string(),
+        }
+    }
+
+    pub(super) fn status(&self, verbose: bool) -> StatusResponse {
+        let runtime = self.runtime_condition();
+        let network = berth_netplugin::conf::load_default(&self.config.network.cni_conf_dir);
+        let network_condition = match &network {
+            Ok(_) => ready(NETWORK_READY),
+            Err(e) => not_ready(
+                NETWORK_READY,
+                "NetworkPluginNotReady",
+                format!("network plugin is not ready: {e}"),
+            ),
+        };
+        let mut info = HashMap::new();
+        if verbose {
+            let network_info = match &network {
+                Ok(list) => serde_json::json!({
+                    "name": list.name,
+                    "cniVersion": list.cni_version,
+                    "plugins": list.plugin_types,
+                    "source": list.source,
+                }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            let load_status = match &network {
+                Ok(_) => "OK".to_string(),
+                Err(e) => e.to_string(),
+            };
+            info.insert("config".to_string(), to_json(&*self.config));
+            info.insert("node".to_string(), to_json(&*self.node));
+            info.insert("network".to_string(), network_info.to_string());
+            // Same key as containerd, which scripts around `crictl info` look for.
+            info.insert("lastCNILoadStatus".to_string(), to_json(&load_status));
+        }
+        StatusResponse {
+            status: Some(RuntimeStatus {
+                conditions: vec![runtime, network_condition],
+            }),
+            info,
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn runtime_config(&self) -> RuntimeConfigResponse {
+        let driver = match self.config.cgroup_driver {
+            config::CgroupDriver::Cgroupfs => CgroupDriver::Cgroupfs,
+            config::CgroupDriver::Systemd => CgroupDriver::Systemd,
+        };
+        RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: driver as i32,
+            }),
+        }
+    }
+
+    /// Ready while the default handler's binary, found at start, is still there.
+    fn runtime_condition(&self) -> RuntimeCondition {
+        let name = &self.config.default_runtime;
+        match self.node.runtimes.get(name) {
+            Some(bin) if bin.path.is_file() => ready(RUNTIME_READY),
+            Some(bin) => not_ready(
+                RUNTIME_READY,
+                "RuntimeBinaryMissing",
+                format!("OCI runtime {name:?} binary {} is gone", bin.path.display()),
+            ),
+            None => not_ready(
+                RUNTIME_READY,
+                "RuntimeNotConfigured",
+                format!("default runtime {name:?} is not configured"),
+            ),
+        }
+    }
+}
+
+fn ready(kind: &str) -> RuntimeCondition {
+    RuntimeCondition {
+        r#type: kind.to_string(),
+        status: true,
+        reason: String::new(),
+        message: String::new(),
+    }
+}
+
+fn not_ready(kind: &str, reason: &str, message: String) -> RuntimeCondition {
+    RuntimeCondition {
+        r#type: kind.to_string(),
+        status: false,
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::node::{CgroupVersion, NodeInfo, RuntimeBinary};
+
+    fn cri(conf_dir: PathBuf, runtime_path: PathBuf) -> Cri {
+        let mut config = Config::default();
+        config.network.cni_conf_dir = conf_dir;
+        let mut runtimes = BTreeMap::new();
+        runtimes.insert("runc".to_string(), RuntimeBinary { path: runtime_path });
+        Cri {
+            config: Arc::new(config),
+            node: Arc::new(NodeInfo {
+                cgroup_version: CgroupVersion::V1,
+                oom_score_adj_floor: 0,
+                runtimes,
+            }),
+        }
+    }
+
+    fn condition<'a>(s: &'a StatusResponse, kind: &str) -> &'a RuntimeCondition {
+        s.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.r#type == kind)
+            .unwrap()
+    }
+
+    #[test]
+    fn version_names_berth() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = cri(dir.path().into(), "/bin/sh".into()).version();
+        assert_eq!(v.runtime_name, "berth");
+        assert_eq!(v.runtime_api_version, "v1");
+        assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn network_not_ready_without_config_and_ready_with_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = dir.path().join("runc");
+        std::fs::write(&runtime, "").unwrap();
+        let c = cri(dir.path().join("net.d"), runtime.clone());
+
+        let s = c.status(true);
+        assert!(condition(&s, RUNTIME_READY).status);
+        let net = condition(&s, NETWORK_READY);
+        assert!(!net.status);
+        assert_eq!(net.reason, "NetworkPluginNotReady");
+        assert!(net.message.contains("net.d"), "{}", net.message);
+
+        std::fs::create_dir(dir.path().join("net.d")).unwrap();
+        std::fs::write(
+            dir.path().join("net.d/10-x.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
+        let s = c.status(true);
+        assert!(condition(&s, NETWORK_READY).status);
+        let info: serde_json::Value = serde_json::from_str(&s.info["network"]).unwrap();
+        assert_eq!(info["name"], "x");
+        assert_eq!(s.info["lastCNILoadStatus"], "\"OK\"");
+
+        std::fs::remove_file(&runtime).unwrap();
+        let s = c.status(false);
+        let rt = condition(&s, RUNTIME_READY);
+        assert!(!rt.status);
+        assert!(rt.message.contains("runc"), "{}", rt.message);
+        assert!(s.info.is_empty(), "info only when verbose");
+    }
+
+    #[test]
+    fn verbose_info_values_are_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = cri(dir.path().into(), "/bin/sh".into()).status(true);
+        for (key, value) in &s.info {
+            serde_json::from_str::<serde_json::Value>(value)
+                .unwrap_or_else(|e| panic!("info[{key}] is not JSON: {e}: {value}"));
+        }
+        let node: serde_json::Value = serde_json::from_str(&s.info["node"]).unwrap();
+        assert_eq!(node["cgroupVersion"], "v1");
+        let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
+        assert_eq!(config["default_runtime"], "runc");
+    }
+
+    #[test]
+    fn runtime_config_reports_cgroup_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = cri(dir.path().into(), "/bin/sh".into()).runtime_config();
+        assert_eq!(
+            r.linux.unwrap().cgroup_driver,
+            CgroupDriver::Cgroupfs as i32
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! berthd's life: claim the root and the socket, probe the node, open the store, serve the CRI
+//! until SIGTERM or SIGINT, then release everything.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{ErrorKind, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_store::{Store, StoreError};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+
+use crate::config::Config;
+use crate::cri;
+use crate::node::{NodeError, NodeInfo};
+use crate::tasks;
+
+/// The CRI socket's mode: kubelet runs as root; a group may be given access.
+const SOCKET_MODE: u32 = 0o660;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "root {root} is locked by another berthd ({holder}); stop it or start with another --root"
+    )]
+    RootLocked { root: PathBuf, holder: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("socket {path} is served by a running daemon; stop it or start with another --socket")]
+    SocketInUse { path: PathBuf },
+    #[error(
+        "socket path {path} exists and is not a socket; remove it or start with another --socket"
+    )]
+    NotASocket { path: PathBuf },
+    #[error("cannot use socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("metadata store: {0}")]
+    Store(#[from] StoreError),
+    #[error("serving the CRI: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    create_dir(&config.root, 0o711)?;
+    create_dir(&config.state, 0o711)?;
+    let _root_lock = lock_root(&config.root)?;
+    let node = NodeInfo::probe(&config)?;
+    tracing::info!(
+        cgroup = ?node.cgroup_version,
+        oom_score_adj_floor = node.oom_score_adj_floor,
+        runtimes = ?node.runtimes,
+        "probed node"
+    );
+    let store = Store::open(&config.root.join("meta"))?;
+    let listener = bind_socket(&config.socket)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+
+    let config = Arc::new(config);
+    let cri = cri::Cri::new(config.clone(), Arc::new(node));
+    tracing::info!(socket = %config.socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd ready");
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    let served = Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .add_service(cri::runtime_service(cri))
+        .add_service(cri::image_service())
+        .add_service(tasks::service())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    if let Err(e) = std::fs::remove_file(&config.socket) {
+        tracing::warn!(socket = %config.socket.display(), error = %e, "cannot remove socket");
+    }
+    drop(store);
+    served?;
+    tracing::info!("berthd stopped");
+    Ok(())
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), StartError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| StartError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Takes an exclusive lock on `<root>/berthd.lock` for the daemon's lifetime, and writes our
+/// pid there so that a second daemon can say who holds it. The kernel drops the lock when the
+/// process dies, so a crashed daemon never leaves the root locked.
+fn lock_root(root: &Path) -> Result<File, StartError> {
+    let path = root.join("berthd.lock");
+    let lock_err = |source| StartError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            // Best effort: the holder may be writing its pid right now.
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "pid unknown".to_string(),
+                pid => format!("pid {pid}"),
+            };
+            return Err(StartError::RootLocked {
+                root: root.to_path_buf(),
+                holder,
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(lock_err(e)),
+    }
+    file.set_len(0).map_err(lock_err)?;
+    file.rewind().map_err(lock_err)?;
+    writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+    Ok(file)
+}
+
+/// Binds the CRI socket. A socket file left by a crashed daemon (nobody accepts on it) is
+/// replaced; one that a live daemon answers on is refused.
+fn bind_socket(path: &Path) -> Result<UnixListener, StartError> {
+    let sock_err = |source| StartError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(StartError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(StartError::SocketInUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                tracing::info!(socket = %path.display(), "replacing stale socket");
+                std::fs::remove_file(path).map_err(sock_err)?;
+            }
+            Err(e) => return Err(sock_err(e)),
+        },
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(sock_err(e)),
+    }
+    if let Some(parent) = path.parent() {
+        create_dir(parent, 0o711)?;
+    }
+    let listener = UnixListener::bind(path).map_err(sock_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(sock_err)?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_a_root_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = lock_root(dir.path()).unwrap();
+        let err = lock_root(dir.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StartError::RootLocked { .. }), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn lock_is_released_with_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(lock_root(dir.path()).unwrap());
+        lock_root(dir.path()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_and_live_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        // A socket nobody listens on any more, as a killed daemon leaves it.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let live = bind_socket(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SOCKET_MODE);
+
+        let err = bind_socket(&path).unwrap_err();
+        assert!(matches!(err, StartError::SocketInUse { .. }), "{err}");
+        drop(live);
+    }
+
+    #[test]
+    fn regular_file_at_socket_path_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        std::fs::write(&path, "").unwrap();
+        let err = bind_socket(&path).unwrap_err();
+        assert!(matches!(err, StartError::NotASocket { .. }), "{err}");
+        assert!(
+            path.exists(),
+            "a file that is not a socket is never removed"
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! Facts about this node that berthd probes once at start: the cgroup version, the lowest
+//! oom_score_adj it may give a process, and where each runtime handler's binary is.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CgroupVersion {
+    /// Legacy or hybrid hierarchy: controllers are mounted as cgroup v1.
+    #[serde(rename = "v1")]
+    V1,
+    /// The unified hierarchy at /sys/fs/cgroup.
+    #[serde(rename = "v2")]
+    V2,
+}
+
+impl CgroupVersion {
+    /// Reads how /sys/fs/cgroup is mounted. On a hybrid host a cgroup2 mount exists below
+    /// /sys/fs/cgroup (at `unified`) but holds no controllers, so resource limits go through v1.
+    pub fn detect(mountinfo: &str) -> CgroupVersion {
+        for line in mountinfo.lines() {
+            // Fields: id parent major:minor root mount-point options ... - fstype source opts
+            let mut fields = line.split_whitespace();
+            let mount_point = fields.nth(4);
+            let fstype = line
+                .split_once(" - ")
+                .and_then(|(_, tail)| tail.split_whitespace().next());
+            if mount_point == Some("/sys/fs/cgroup") && fstype == Some("cgroup2") {
+                return CgroupVersion::V2;
+            }
+        }
+        CgroupVersion::V1
+    }
+}
+
+/// A resolved OCI runtime handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuntimeBinary {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub cgroup_version: CgroupVersion,
+    /// berthd's own oom_score_adj. Without CAP_SYS_RESOURCE no child may go below it, so
+    /// requested values are clamped to it (containerd's `restrict_oom_score_adj`).
+    pub oom_score_adj_floor: i32,
+    pub runtimes: BTreeMap<String, RuntimeBinary>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(
+        "OCI runtime {handler:?}: binary {path} not found{searched} (install it or fix runtimes.{handler}.path / --runtime {handler}=PATH)"
+    )]
+    RuntimeMissing {
+        handler: String,
+        path: PathBuf,
+        searched: String,
+    },
+    #[error("OCI runtime {handler:?}: {path} is not an executable file")]
+    RuntimeNotExecutable { handler: String, path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl NodeInfo {
+    pub fn probe(config: &Config) -> Result<NodeInfo, NodeError> {
+        let mountinfo = read("/proc/self/mountinfo")?;
+        let oom = read("/proc/self/oom_score_adj")?;
+        let path_var = std::env::var_os("PATH").unwrap_or_default();
+        let mut runtimes = BTreeMap::new();
+        for (name, handler) in &config.runtimes {
+            let path = resolve_binary(name, &handler.path, &path_var)?;
+            runtimes.insert(name.clone(), RuntimeBinary { path });
+        }
+        Ok(NodeInfo {
+            cgroup_version: CgroupVersion::detect(&mountinfo),
+            oom_score_adj_floor: oom.trim().parse().unwrap_or(0),
+            runtimes,
+        })
+    }
+
+    /// The oom_score_adj a process may actually be given when `requested` is asked for.
+    pub fn clamp_oom_score_adj(&self, requested: i32) -> i32 {
+        requested.clamp(self.oom_score_adj_floor, 1000)
+    }
+}
+
+fn read(path: &'static str) -> Result<String, NodeError> {
+    std::fs::read_to_string(path).map_err(|source| NodeError::Read { path, source })
+}
+
+/// Finds a runtime binary: an absolute or relative path is taken as is, a bare name is looked
+/// up in `path_var` like a shell would.
+pub fn resolve_binary(
+    handler: &str,
+    configured: &Path,
+    path_var: &std::ffi::OsStr,
+) -> Result<PathBuf, NodeError> {
+    let candidates: Vec<PathBuf> = if configured.components().count() > 1 {
+        vec![configured.to_path_buf()]
+    } else {
+        std::env::split_paths(path_var)
+            .map(|dir| dir.join(configured))
+            .collect()
+    };
+    for candidate in &candidates {
+        if let Ok(meta) = std::fs::metadata(candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate.clone());
+            }
+            if candidates.len() == 1 {
+                return Err(NodeError::RuntimeNotExecutable {
+                    handler: handler.to_string(),
+                    path: candidate.clone(),
+                });
+            }
+        }
+    }
+    let searched = if candidates.len() > 1 {
+        format!(" in PATH ({})", path_var.to_string_lossy())
+    } else {
+        String::new()
+    };
+    Err(NodeError::RuntimeMissing {
+        handler: handler.to_string(),
+        path: configured.to_path_buf(),
+        searched,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 1 0:23 / /sys rw,nosuid - sysfs sysfs rw
+30 25 0:27 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:28 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+33 30 0:30 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+";
+    const UNIFIED: &str = "\
+25 1 0:23 / /sys rw,nosuid - sysfs sysfs rw
+30 25 0:27 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn hybrid_hierarchy_is_v1() {
+        assert_eq!(CgroupVersion::detect(HYBRID), CgroupVersion::V1);
+    }
+
+    #[test]
+    fn unified_hierarchy_is_v2() {
+        assert_eq!(CgroupVersion::detect(UNIFIED), CgroupVersion::V2);
+    }
+
+    #[test]
+    fn oom_score_adj_is_clamped_to_own_value() {
+        let node = NodeInfo {
+            cgroup_version: CgroupVersion::V1,
+            oom_score_adj_floor: -500,
+            runtimes: BTreeMap::new(),
+        };
+        assert_eq!(node.clamp_oom_score_adj(-998), -500);
+        assert_eq!(node.clamp_oom_score_adj(-100), -100);
+        assert_eq!(node.clamp_oom_score_adj(1500), 1000);
+    }
+
+    #[test]
+    fn binary_found_in_path_or_reported_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("myrunc");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path_var =
+            std::env::join_paths(["/nonexistent", dir.path().to_str().unwrap()]).unwrap();
+
+        let found = resolve_binary("runc", Path::new("myrunc"), &path_var).unwrap();
+        assert_eq!(found, exe);
+        assert_eq!(resolve_binary("runc", &exe, &path_var).unwrap(), exe);
+
+        let err = resolve_binary("crun", Path::new("nocrun"), &path_var).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("crun") && msg.contains("nocrun") && msg.contains("PATH"),
+            "{msg}"
+        );
+
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = resolve_binary("runc", &plain, &path_var).unwrap_err();
+        assert!(
+            matches!(err, NodeError::RuntimeNotExecutable { .. }),
+            "{err}"
+        );
+    }
+}

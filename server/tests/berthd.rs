@@ -1,0 +1,285 @@
+//! berthd as a process: start-up refusals, socket and root ownership, signals, and the CRI
+//! calls it answers, through a real gRPC client on its unix socket.
+
+#![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_proto::cri::image_service_client::ImageServiceClient;
+use berth_proto::cri::runtime_service_client::RuntimeServiceClient;
+use berth_proto::cri::{
+    ListImagesRequest, RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
+};
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint};
+
+const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
+
+/// A berthd child with its own root, state and socket; killed by pid when dropped.
+struct Daemon {
+    child: Option<Child>,
+    socket: PathBuf,
+}
+
+struct Dirs {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    state: PathBuf,
+    socket: PathBuf,
+    config: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("berth.toml");
+    std::fs::write(&config, "").unwrap();
+    Dirs {
+        root: tmp.path().join("root"),
+        state: tmp.path().join("state"),
+        socket: tmp.path().join("state/berthd.sock"),
+        config,
+        _tmp: tmp,
+    }
+}
+
+fn berthd(config: &Path, root: &Path, state: &Path, socket: &Path) -> Command {
+    let mut cmd = Command::new(BERTHD);
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--root")
+        .arg(root)
+        .arg("--state")
+        .arg(state)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--cni-conf-dir")
+        .arg(state.join("net.d"))
+        // Any executable passes the start-up check; these tests run no container.
+        .arg("--runtime")
+        .arg("runc=/bin/true");
+    cmd
+}
+
+impl Daemon {
+    fn start(d: &Dirs) -> Daemon {
+        Daemon::start_at(d, &d.root, &d.socket)
+    }
+
+    fn start_at(d: &Dirs, root: &Path, socket: &Path) -> Daemon {
+        let child = berthd(&d.config, root, &d.state, socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon {
+            child: Some(child),
+            socket: socket.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("berthd exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "berthd not ready after 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    fn signal_and_wait(&mut self, sig: Signal) -> std::process::ExitStatus {
+        kill(self.pid(), sig).unwrap();
+        self.child.take().unwrap().wait().unwrap()
+    }
+
+    async fn channel(&self) -> Channel {
+        let path = self.socket.clone();
+        Endpoint::try_from("http://berthd.invalid")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn invalid_config_names_file_line_and_key() {
+    let d = dirs();
+    std::fs::write(&d.config, "root = \"/tmp/x\"\nlog_levle = \"debug\"\n").unwrap();
+    let out = run(&mut berthd(&d.config, &d.root, &d.state, &d.socket));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(&d.config.display().to_string()), "{err}");
+    assert!(err.contains("line 2") && err.contains("log_levle"), "{err}");
+    assert!(!d.root.exists(), "nothing is created for an invalid config");
+}
+
+#[test]
+fn missing_runtime_binary_refuses_to_start() {
+    let d = dirs();
+    let out = run(berthd(&d.config, &d.root, &d.state, &d.socket)
+        .arg("--runtime")
+        .arg("crun=/nonexistent/crun"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("crun") && err.contains("/nonexistent/crun"),
+        "{err}"
+    );
+    assert!(!d.socket.exists(), "no socket is left behind");
+}
+
+#[test]
+fn config_default_prints_the_documented_defaults() {
+    let out = run(Command::new(BERTHD).args(["config", "default"]));
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let parsed = berth_server::config::Config::parse(Path::new("stdout"), &text).unwrap();
+    assert_eq!(parsed, berth_server::config::Config::default());
+    assert!(text.contains("# "), "the default file is commented");
+}
+
+#[test]
+fn config_show_prints_flags_over_file() {
+    let d = dirs();
+    std::fs::write(&d.config, "log_level = \"warn\"\n").unwrap();
+    let out = run(berthd(&d.config, &d.root, &d.state, &d.socket).args([
+        "--log-level",
+        "debug",
+        "config",
+        "show",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = berth_server::config::Config::parse(
+        Path::new("stdout"),
+        &String::from_utf8(out.stdout).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shown.log_level, berth_server::config::LogLevel::Debug);
+    assert_eq!(shown.root, d.root);
+}
+
+#[test]
+fn socket_and_root_belong_to_one_daemon() {
+    let d = dirs();
+    let mut first = Daemon::start(&d);
+
+    let other_root = d.root.with_file_name("root2");
+    let out = run(&mut berthd(&d.config, &other_root, &d.state, &d.socket));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("served by a running daemon"),
+        "{}",
+        stderr(&out)
+    );
+
+    let other_socket = d.socket.with_file_name("other.sock");
+    let out = run(&mut berthd(&d.config, &d.root, &d.state, &other_socket));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("locked by another berthd"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.pid())), "{err}");
+    assert!(!other_socket.exists());
+
+    let status = first.signal_and_wait(Signal::SIGTERM);
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    assert!(!d.socket.exists(), "socket removed on shutdown");
+}
+
+#[test]
+fn restart_after_sigkill_replaces_the_stale_socket() {
+    let d = dirs();
+    let mut first = Daemon::start(&d);
+    first.signal_and_wait(Signal::SIGKILL);
+    assert!(d.socket.exists(), "a killed daemon leaves its socket");
+    let mut second = Daemon::start(&d);
+    let status = second.signal_and_wait(Signal::SIGINT);
+    assert!(status.success(), "clean exit on SIGINT: {status}");
+}
+
+#[tokio::test]
+async fn serves_version_status_and_runtime_config() {
+    let d = dirs();
+    let daemon = Daemon::start(&d);
+    let mut rt = RuntimeServiceClient::new(daemon.channel().await);
+
+    let v = rt
+        .version(VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "berth");
+    assert_eq!(v.runtime_api_version, "v1");
+
+    let s = rt
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let conditions = s.status.unwrap().conditions;
+    let runtime = conditions
+        .iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .unwrap();
+    assert!(runtime.status);
+    let network = conditions
+        .iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(!network.status, "no CNI config in the test's conf dir");
+    assert_eq!(network.reason, "NetworkPluginNotReady");
+    let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
+    assert_eq!(config["socket"], d.socket.display().to_string());
+
+    let rc = rt
+        .runtime_config(RuntimeConfigRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rc.linux.is_some());
+
+    let err = rt
+        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+
+    let mut images = ImageServiceClient::new(daemon.channel().await);
+    let err = images
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+}
