@@ -239,7 +239,14 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
-        assert!(processes_mentioning(Path::new(&marker)).contains(&pid));
+        // Under load the scan can run before the child's /proc entry shows its final cmdline.
+        assert!(
+            wait_until(Duration::from_secs(5), || processes_mentioning(Path::new(
+                &marker
+            ))
+            .contains(&pid)),
+            "child {pid} with {marker} in its command line not found"
+        );
         kill_processes_mentioning(Path::new(&marker), Duration::from_secs(5));
         child.wait().unwrap();
         assert!(!processes_mentioning(Path::new(&marker)).contains(&pid));
@@ -272,6 +279,13 @@ mod tests {
         );
         kill_containers_rooted_in(dir.path());
         child.wait().unwrap();
-        assert!(containers_rooted_in(dir.path()).is_empty());
+        // A `sleep` forked between the scan and the kill outlives sh by up to 0.1 s.
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                kill_containers_rooted_in(dir.path());
+                containers_rooted_in(dir.path()).is_empty()
+            }),
+            "processes in the private mount namespace survived"
+        );
     }
 }
