@@ -16,6 +16,12 @@ BERTH_APT_PACKAGES=(
   iptables nftables iproute2 containernetworking-plugins
 )
 
+# Toolchains installed the usual ways, in case the caller's PATH lacks them (sudo, CI).
+for d in "$HOME/.cargo/bin" /usr/local/go/bin; do
+  case ":$PATH:" in *":$d:"*) ;; *) [ -d "$d" ] && PATH=$PATH:$d ;; esac
+done
+export PATH
+
 log() { printf '==> %s\n' "$*" >&2; }
 
 need_root() {
