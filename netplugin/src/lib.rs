@@ -1,8 +1,10 @@
 //! Pod networking for berth.
 //!
 //! - [`conf`]: finding and validating the CNI network configuration berthd uses.
+//! - [`cni`]: running a CNI plugin chain (ADD, DEL, CHECK) with a result cache for DEL.
 //! - `berth-bridge` (binary): berth's own CNI plugin for bridge networks.
 
+pub mod cni;
 pub mod conf;
 
 /// CNI spec versions this crate reads and writes, oldest first.

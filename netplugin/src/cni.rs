@@ -1,0 +1,509 @@
+//! The runtime side of CNI: executing a plugin chain for a pod's network namespace as the CNI
+//! specification (1.0/1.1) describes, and caching each ADD result so that DEL can hand the
+//! plugins what ADD produced even after berthd restarts.
+//!
+//! Plugins are found in the configured bin dirs, run with the `CNI_*` environment and the
+//! network configuration on stdin. ADD runs the chain in order, each plugin receiving the
+//! previous one's result as `prevResult`; DEL runs it in reverse with the cached ADD result.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::{Map, Value, json};
+
+use crate::conf::NetworkConfigList;
+
+/// What the runtime tells the plugins about one attachment.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConf {
+    pub container_id: String,
+    /// Path of the network namespace, e.g. `/run/berth/netns/<pod id>`.
+    pub netns: PathBuf,
+    pub if_name: String,
+    /// `CNI_ARGS`, e.g. `K8S_POD_NAMESPACE`, `K8S_POD_NAME`, `K8S_POD_INFRA_CONTAINER_ID`.
+    pub args: Vec<(String, String)>,
+    /// Capability arguments (`portMappings`, `dns`, `bandwidth`, `ipRanges`), each given only to
+    /// plugins that declare the capability.
+    pub capability_args: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    #[error("CNI plugin {plugin:?} not found in {searched}")]
+    PluginNotFound { plugin: String, searched: String },
+    #[error("CNI plugin {plugin} {command} failed: {message}")]
+    Plugin {
+        plugin: String,
+        command: &'static str,
+        message: String,
+    },
+    #[error("running CNI plugin {plugin}: {source}")]
+    Exec {
+        plugin: String,
+        source: std::io::Error,
+    },
+    #[error("CNI plugin {plugin} {command} returned invalid JSON: {message}")]
+    BadOutput {
+        plugin: String,
+        command: &'static str,
+        message: String,
+    },
+    #[error("CNI result cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Runs CNI plugin chains. Cheap to clone; holds no open resources.
+#[derive(Debug, Clone)]
+pub struct CniRunner {
+    bin_dirs: Vec<PathBuf>,
+    cache_dir: PathBuf,
+}
+
+impl CniRunner {
+    pub fn new(bin_dirs: Vec<PathBuf>, cache_dir: PathBuf) -> CniRunner {
+        CniRunner {
+            bin_dirs,
+            cache_dir,
+        }
+    }
+
+    /// Attaches the namespace to the network: ADD through the whole chain. The final result is
+    /// cached before it is returned. On failure the plugins that already ran are not undone
+    /// here: the caller runs [`CniRunner::del`], which every plugin must tolerate.
+    pub fn add(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<Value, CniError> {
+        let mut prev: Option<Value> = None;
+        for plugin in &list.plugins {
+            let conf = plugin_conf(list, plugin, prev.as_ref(), rt);
+            let result = self.exec(plugin, "ADD", &conf, rt)?;
+            prev = Some(result.unwrap_or_else(|| json!({"cniVersion": list.cni_version})));
+        }
+        let result = prev.unwrap_or(Value::Null);
+        self.write_cache(list, rt, &result)?;
+        Ok(result)
+    }
+
+    /// Detaches: DEL through the chain in reverse, with the cached ADD result as `prevResult`.
+    /// Idempotent: deleting an attachment that does not exist (or whose namespace is gone)
+    /// succeeds as long as the plugins do, as the spec requires of them.
+    pub fn del(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), CniError> {
+        let cached = self.read_cache(list, rt)?;
+        for plugin in list.plugins.iter().rev() {
+            let conf = plugin_conf(list, plugin, cached.as_ref(), rt);
+            self.exec(plugin, "DEL", &conf, rt)?;
+        }
+        let path = self.cache_path(list, rt);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CniError::Cache { path, source }),
+        }
+    }
+
+    /// Asks every plugin to verify the attachment against the cached ADD result.
+    pub fn check(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), CniError> {
+        let cached = self.read_cache(list, rt)?;
+        for plugin in &list.plugins {
+            let conf = plugin_conf(list, plugin, cached.as_ref(), rt);
+            self.exec(plugin, "CHECK", &conf, rt)?;
+        }
+        Ok(())
+    }
+
+    /// The cached ADD result of an attachment, if any.
+    pub fn cached_result(
+        &self,
+        list: &NetworkConfigList,
+        rt: &RuntimeConf,
+    ) -> Result<Option<Value>, CniError> {
+        self.read_cache(list, rt)
+    }
+
+    fn find(&self, plugin_type: &str) -> Result<PathBuf, CniError> {
+        // A type is a file name, never a path: "../x" must not escape the bin dirs.
+        if !plugin_type.contains('/') {
+            for dir in &self.bin_dirs {
+                let candidate = dir.join(plugin_type);
+                if candidate.is_file() {
+                    return Ok(candidate);
+                }
+            }
+        }
+        Err(CniError::PluginNotFound {
+            plugin: plugin_type.to_string(),
+            searched: self
+                .bin_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    /// Runs one plugin; `Ok(None)` when it printed nothing (as DEL and CHECK do).
+    fn exec(
+        &self,
+        plugin: &Value,
+        command: &'static str,
+        conf: &Value,
+        rt: &RuntimeConf,
+    ) -> Result<Option<Value>, CniError> {
+        let plugin_type = plugin.get("type").and_then(Value::as_str).unwrap_or("");
+        let path = self.find(plugin_type)?;
+        let exec_err = |source| CniError::Exec {
+            plugin: plugin_type.to_string(),
+            source,
+        };
+        let cni_path = std::env::join_paths(&self.bin_dirs)
+            .map_err(|e| exec_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        // Plugins reject CNI_ARGS keys they do not know unless told otherwise, and the
+        // Kubernetes keys are unknown to most of them (containerd and CRI-O do the same).
+        let args = std::iter::once("IgnoreUnknown=1".to_string())
+            .chain(rt.args.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect::<Vec<_>>()
+            .join(";");
+        let mut child = Command::new(&path)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &rt.container_id)
+            .env("CNI_NETNS", &rt.netns)
+            .env("CNI_IFNAME", &rt.if_name)
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", cni_path)
+            // Plugins such as portmap run iptables, which needs a PATH.
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(exec_err)?;
+        let input = serde_json::to_vec(conf).unwrap_or_default();
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(&input).map_err(exec_err)?;
+        }
+        let out = child.wait_with_output().map_err(exec_err)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(CniError::Plugin {
+                plugin: plugin_type.to_string(),
+                command,
+                message: error_message(&stdout, &String::from_utf8_lossy(&out.stderr), out.status),
+            });
+        }
+        if stdout.trim().is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(&stdout)
+            .map(Some)
+            .map_err(|e| CniError::BadOutput {
+                plugin: plugin_type.to_string(),
+                command,
+                message: e.to_string(),
+            })
+    }
+
+    fn cache_path(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> PathBuf {
+        self.cache_dir.join("results").join(format!(
+            "{}-{}-{}",
+            sanitize(&list.name),
+            sanitize(&rt.container_id),
+            sanitize(&rt.if_name)
+        ))
+    }
+
+    fn write_cache(
+        &self,
+        list: &NetworkConfigList,
+        rt: &RuntimeConf,
+        result: &Value,
+    ) -> Result<(), CniError> {
+        let path = self.cache_path(list, rt);
+        let cache_err = |source| CniError::Cache {
+            path: path.clone(),
+            source,
+        };
+        let entry = json!({
+            "kind": "cniCacheV1",
+            "containerId": rt.container_id,
+            "ifName": rt.if_name,
+            "networkName": list.name,
+            "netns": rt.netns,
+            "result": result,
+        });
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(cache_err)?;
+        }
+        // Written then renamed, so a crash never leaves a torn entry for DEL to trip on.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&entry).unwrap_or_default()).map_err(cache_err)?;
+        std::fs::rename(&tmp, &path).map_err(cache_err)
+    }
+
+    fn read_cache(
+        &self,
+        list: &NetworkConfigList,
+        rt: &RuntimeConf,
+    ) -> Result<Option<Value>, CniError> {
+        let path = self.cache_path(list, rt);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|mut v| v.get_mut("result").map(Value::take))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CniError::Cache { path, source }),
+        }
+    }
+}
+
+/// The configuration one plugin of the chain receives on stdin.
+fn plugin_conf(
+    list: &NetworkConfigList,
+    plugin: &Value,
+    prev: Option<&Value>,
+    rt: &RuntimeConf,
+) -> Value {
+    let mut conf = match plugin {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    conf.insert("name".into(), Value::String(list.name.clone()));
+    conf.insert("cniVersion".into(), Value::String(list.cni_version.clone()));
+    if let Some(prev) = prev {
+        conf.insert("prevResult".into(), prev.clone());
+    }
+    let capabilities = plugin.get("capabilities").and_then(Value::as_object);
+    let runtime_config: Map<String, Value> = rt
+        .capability_args
+        .iter()
+        .filter(|(name, _)| {
+            capabilities
+                .and_then(|c| c.get(name.as_str()))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !runtime_config.is_empty() {
+        conf.insert("runtimeConfig".into(), Value::Object(runtime_config));
+    }
+    Value::Object(conf)
+}
+
+/// The message of a failed plugin: its CNI error JSON (`msg`, `details`) when it printed one,
+/// else its stderr, else its exit status.
+fn error_message(stdout: &str, stderr: &str, status: std::process::ExitStatus) -> String {
+    if let Ok(err) = serde_json::from_str::<Value>(stdout) {
+        let msg = err.get("msg").and_then(Value::as_str).unwrap_or("");
+        let details = err.get("details").and_then(Value::as_str).unwrap_or("");
+        let code = err.get("code").and_then(Value::as_u64);
+        if !msg.is_empty() {
+            let mut m = msg.to_string();
+            if !details.is_empty() {
+                m.push_str(": ");
+                m.push_str(details);
+            }
+            if let Some(code) = code {
+                m.push_str(&format!(" (CNI error code {code})"));
+            }
+            return m;
+        }
+    }
+    let stderr = stderr.trim();
+    if !stderr.is_empty() {
+        return stderr.to_string();
+    }
+    format!("exited with {status}")
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The IP addresses (without prefix length) of a CNI result, from its `ips` list.
+pub fn result_ips(result: &Value) -> Vec<IpAddr> {
+    result
+        .get("ips")
+        .and_then(Value::as_array)
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip.get("address").and_then(Value::as_str))
+                .filter_map(|a| a.split('/').next().and_then(|a| a.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(plugins: Value) -> NetworkConfigList {
+        let plugins: Vec<Value> = plugins.as_array().cloned().unwrap_or_default();
+        NetworkConfigList {
+            name: "net".into(),
+            cni_version: "1.0.0".into(),
+            plugin_types: plugins
+                .iter()
+                .map(|p| p["type"].as_str().unwrap_or("").to_string())
+                .collect(),
+            plugins,
+            source: PathBuf::from("/x.conflist"),
+        }
+    }
+
+    #[test]
+    fn plugin_conf_carries_name_version_prev_result_and_declared_capabilities() {
+        let l = list(json!([
+            {"type": "bridge"},
+            {"type": "portmap", "capabilities": {"portMappings": true, "bandwidth": false}}
+        ]));
+        let mut rt = RuntimeConf::default();
+        rt.capability_args
+            .insert("portMappings".into(), json!([{"hostPort": 8080}]));
+        rt.capability_args.insert("bandwidth".into(), json!({}));
+        let prev = json!({"ips": [{"address": "10.1.0.2/24"}]});
+
+        let first = plugin_conf(&l, &l.plugins[0], None, &rt);
+        assert_eq!(first["name"], "net");
+        assert_eq!(first["cniVersion"], "1.0.0");
+        assert!(first.get("prevResult").is_none());
+        assert!(
+            first.get("runtimeConfig").is_none(),
+            "bridge declared no capability"
+        );
+
+        let second = plugin_conf(&l, &l.plugins[1], Some(&prev), &rt);
+        assert_eq!(second["prevResult"], prev);
+        assert_eq!(second["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
+        assert!(
+            second["runtimeConfig"].get("bandwidth").is_none(),
+            "a capability set to false is not passed"
+        );
+    }
+
+    #[test]
+    fn missing_plugin_names_the_dirs_searched() {
+        let runner = CniRunner::new(
+            vec!["/nonexistent/a".into(), "/nonexistent/b".into()],
+            "/tmp".into(),
+        );
+        let err = runner.find("nosuch").unwrap_err().to_string();
+        assert!(
+            err.contains("nosuch") && err.contains("/nonexistent/a, /nonexistent/b"),
+            "{err}"
+        );
+        assert!(
+            runner.find("../../bin/sh").is_err(),
+            "a type is never a path"
+        );
+    }
+
+    #[test]
+    fn failed_plugin_reports_its_cni_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = dir.path().join("failing");
+        std::fs::write(
+            &plugin,
+            "#!/bin/sh\ncat >/dev/null\necho '{\"code\":7,\"msg\":\"bad config\",\"details\":\"no subnet\"}'\nexit 1\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let runner = CniRunner::new(vec![dir.path().into()], dir.path().join("cache"));
+        let err = runner
+            .add(&list(json!([{"type": "failing"}])), &RuntimeConf::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("failing ADD failed: bad config: no subnet (CNI error code 7)"),
+            "{err}"
+        );
+        assert!(
+            !dir.path().join("cache/results").exists(),
+            "nothing is cached for a failed ADD"
+        );
+    }
+
+    #[test]
+    fn add_chains_results_and_del_gets_the_cached_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        // A fake plugin that logs what it was given and answers with an IP on ADD.
+        let script = format!(
+            "#!/bin/sh\nin=$(cat)\necho \"$CNI_COMMAND $CNI_CONTAINERID $CNI_IFNAME $CNI_ARGS $in\" >> {log}\n\
+             [ \"$CNI_COMMAND\" = ADD ] && echo '{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"10.9.0.5/16\"}}]}}'\nexit 0\n",
+            log = log.display()
+        );
+        let plugin = dir.path().join("fake");
+        std::fs::write(&plugin, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let runner = CniRunner::new(vec![dir.path().into()], dir.path().join("cache"));
+        let l = list(json!([{"type": "fake", "n": 1}, {"type": "fake", "n": 2}]));
+        let rt = RuntimeConf {
+            container_id: "pod1".into(),
+            netns: "/run/netns/x".into(),
+            if_name: "eth0".into(),
+            args: vec![("K8S_POD_NAME".into(), "p".into())],
+            capability_args: BTreeMap::new(),
+        };
+
+        let result = runner.add(&l, &rt).unwrap();
+        assert_eq!(
+            result_ips(&result),
+            vec!["10.9.0.5".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(runner.cached_result(&l, &rt).unwrap(), Some(result));
+
+        runner.del(&l, &rt).unwrap();
+        assert_eq!(runner.cached_result(&l, &rt).unwrap(), None);
+        runner.del(&l, &rt).unwrap();
+
+        let lines: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(lines.len(), 6, "{lines:#?}");
+        assert!(lines[0].starts_with("ADD pod1 eth0 IgnoreUnknown=1;K8S_POD_NAME=p "));
+        assert!(!lines[0].contains("prevResult") && lines[0].contains("\"n\":1"));
+        assert!(lines[1].contains("prevResult") && lines[1].contains("\"n\":2"));
+        assert!(
+            lines[2].starts_with("DEL") && lines[2].contains("\"n\":2"),
+            "DEL runs in reverse"
+        );
+        assert!(
+            lines[2].contains("10.9.0.5"),
+            "DEL gets the cached ADD result"
+        );
+        assert!(
+            lines[4].starts_with("DEL") && !lines[4].contains("prevResult"),
+            "second DEL has no cache"
+        );
+    }
+
+    #[test]
+    fn result_ips_reads_addresses() {
+        let r = json!({"ips": [{"address": "10.0.0.2/24"}, {"address": "fd00::2/64"}]});
+        let ips = result_ips(&r);
+        assert_eq!(ips.len(), 2);
+        assert!(ips[1].is_ipv6());
+        assert!(result_ips(&json!({})).is_empty());
+    }
+}
