@@ -3,9 +3,16 @@
 //! A snapshot is a directory tree identified by a key. Committed snapshots are immutable layers
 //! (keyed by chain ID for image layers); an active snapshot is a writable layer on top of a
 //! committed parent; a view is a read-only one. Callers get [`Mount`]s to apply, never paths
-//! to write into. The overlay implementation of this trait comes with image pulls.
+//! to write into. [`OverlaySnapshotter`] implements the trait with overlayfs; [`apply_layer`]
+//! unpacks an OCI layer tar into a snapshot's directory.
 
 use std::collections::BTreeMap;
+
+pub mod apply;
+pub mod overlay;
+
+pub use apply::{ApplyError, ApplyStats, apply_layer};
+pub use overlay::{OverlaySnapshotter, Staging};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
