@@ -40,8 +40,53 @@ impl CgroupVersion {
 
 /// A resolved OCI runtime handler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RuntimeBinary {
     pub path: PathBuf,
+    pub features: RuntimeFeatures,
+}
+
+/// What a runtime handler can do, as kubelet asks through Status. Read from the runtime's
+/// `features` command (OCI runtime-spec features.md); a runtime without it supports neither.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeFeatures {
+    /// The runtime accepts the `rro` mount option (recursive read-only, mount_setattr(2)).
+    pub recursive_read_only_mounts: bool,
+    /// The runtime can give a container its own user namespace with id-mapped mounts.
+    pub user_namespaces: bool,
+}
+
+impl RuntimeFeatures {
+    /// Parses the JSON a runtime prints for `<runtime> features`.
+    pub fn parse(json: &[u8]) -> RuntimeFeatures {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return RuntimeFeatures::default();
+        };
+        let rro = v["mountOptions"]
+            .as_array()
+            .is_some_and(|opts| opts.iter().any(|o| o == "rro"));
+        let userns = v["linux"]["namespaces"]
+            .as_array()
+            .is_some_and(|ns| ns.iter().any(|n| n == "user"))
+            && v["linux"]["mountExtensions"]["idmap"]["enabled"] == true;
+        RuntimeFeatures {
+            recursive_read_only_mounts: rro,
+            user_namespaces: userns,
+        }
+    }
+
+    fn probe(binary: &Path) -> RuntimeFeatures {
+        match std::process::Command::new(binary)
+            .arg("features")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+        {
+            Ok(out) if out.status.success() => RuntimeFeatures::parse(&out.stdout),
+            _ => RuntimeFeatures::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,7 +126,8 @@ impl NodeInfo {
         let mut runtimes = BTreeMap::new();
         for (name, handler) in &config.runtimes {
             let path = resolve_binary(name, &handler.path, &path_var)?;
-            runtimes.insert(name.clone(), RuntimeBinary { path });
+            let features = RuntimeFeatures::probe(&path);
+            runtimes.insert(name.clone(), RuntimeBinary { path, features });
         }
         Ok(NodeInfo {
             cgroup_version: CgroupVersion::detect(&mountinfo),
@@ -162,6 +208,32 @@ mod tests {
     #[test]
     fn unified_hierarchy_is_v2() {
         assert_eq!(CgroupVersion::detect(UNIFIED), CgroupVersion::V2);
+    }
+
+    #[test]
+    fn runtime_features_come_from_the_features_command() {
+        let runc_1_1 = br#"{"ociVersionMin":"1.0.0","mountOptions":["ro","rro","bind"],
+            "linux":{"namespaces":["mount","user"]}}"#;
+        assert_eq!(
+            RuntimeFeatures::parse(runc_1_1),
+            RuntimeFeatures {
+                recursive_read_only_mounts: true,
+                user_namespaces: false,
+            }
+        );
+        let runc_1_2 = br#"{"mountOptions":["ro"],"linux":{"namespaces":["user"],
+            "mountExtensions":{"idmap":{"enabled":true}}}}"#;
+        assert_eq!(
+            RuntimeFeatures::parse(runc_1_2),
+            RuntimeFeatures {
+                recursive_read_only_mounts: false,
+                user_namespaces: true,
+            }
+        );
+        assert_eq!(
+            RuntimeFeatures::parse(b"unknown command features"),
+            RuntimeFeatures::default()
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use berth_proto::cri::{
     CgroupDriver, LinuxRuntimeConfiguration, RuntimeCondition, RuntimeConfigResponse,
-    RuntimeStatus, StatusResponse, VersionResponse,
+    RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusResponse, VersionResponse,
 };
 
 use super::Cri;
@@ -65,8 +65,30 @@ impl Cri {
                 conditions: vec![runtime, network_condition],
             }),
             info,
+            runtime_handlers: self.runtime_handlers(),
             ..Default::default()
         }
+    }
+
+    /// Every configured handler, plus the default one again under the empty name, which is
+    /// how kubelet asks about pods without a RuntimeClass.
+    fn runtime_handlers(&self) -> Vec<RuntimeHandler> {
+        let handler = |name: &str, bin: &crate::node::RuntimeBinary| RuntimeHandler {
+            name: name.to_string(),
+            features: Some(RuntimeHandlerFeatures {
+                recursive_read_only_mounts: bin.features.recursive_read_only_mounts,
+                user_namespaces: bin.features.user_namespaces,
+            }),
+        };
+        let default = self
+            .node
+            .runtimes
+            .get(&self.config.default_runtime)
+            .map(|bin| handler("", bin));
+        default
+            .into_iter()
+            .chain(self.node.runtimes.iter().map(|(n, bin)| handler(n, bin)))
+            .collect()
     }
 
     pub(super) fn runtime_config(&self) -> RuntimeConfigResponse {
@@ -130,13 +152,22 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::node::{CgroupVersion, NodeInfo, RuntimeBinary};
+    use crate::node::{CgroupVersion, NodeInfo, RuntimeBinary, RuntimeFeatures};
 
     fn cri(conf_dir: PathBuf, runtime_path: PathBuf) -> Cri {
         let mut config = Config::default();
         config.network.cni_conf_dir = conf_dir;
         let mut runtimes = BTreeMap::new();
-        runtimes.insert("runc".to_string(), RuntimeBinary { path: runtime_path });
+        runtimes.insert(
+            "runc".to_string(),
+            RuntimeBinary {
+                path: runtime_path,
+                features: RuntimeFeatures {
+                    recursive_read_only_mounts: true,
+                    user_namespaces: false,
+                },
+            },
+        );
         Cri {
             config: Arc::new(config),
             node: Arc::new(NodeInfo {
@@ -212,6 +243,18 @@ mod tests {
         assert_eq!(node["cgroupVersion"], "v1");
         let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
         assert_eq!(config["default_runtime"], "runc");
+    }
+
+    #[test]
+    fn status_lists_handlers_with_their_features_and_the_default_as_empty_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = cri(dir.path().into(), "/bin/sh".into()).status(false);
+        let names: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, vec!["", "runc"]);
+        for h in &s.runtime_handlers {
+            let f = h.features.unwrap();
+            assert!(f.recursive_read_only_mounts && !f.user_namespaces);
+        }
     }
 
     #[test]
