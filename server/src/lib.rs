@@ -10,6 +10,7 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod node;
+pub mod sandbox;
 pub mod tasks;
 
 use std::io::IsTerminal;
