@@ -78,6 +78,9 @@ pub struct Flags {
     /// Mirror for a registry host, tried before it (repeatable).
     #[arg(long = "registry-mirror", value_name = "HOST=URL", global = true)]
     pub registry_mirrors: Vec<String>,
+    /// Seconds a pull may go without progress before it fails [default: 60].
+    #[arg(long, value_name = "SECONDS", global = true)]
+    pub pull_progress_timeout_secs: Option<u64>,
 }
 
 impl Flags {
@@ -120,6 +123,9 @@ impl Flags {
         c.registry.insecure.extend(self.insecure_registries);
         for m in &self.registry_mirrors {
             c.add_mirror_flag(m)?;
+        }
+        if let Some(v) = self.pull_progress_timeout_secs {
+            c.registry.pull_progress_timeout_secs = v;
         }
         c.validate()?;
         Ok(c)

@@ -52,13 +52,25 @@ pub struct NetworkConfig {
     pub cni_bin_dirs: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Registries (`host` or `host:port`) reached over plain http.
     pub insecure: Vec<String>,
     /// Mirrors per registry host, tried in order before the host itself.
     pub mirrors: BTreeMap<String, Mirror>,
+    /// Seconds a pull may go without receiving a byte before it fails.
+    pub pull_progress_timeout_secs: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            insecure: Vec::new(),
+            mirrors: BTreeMap::new(),
+            pull_progress_timeout_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +207,10 @@ cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 # repeatable). Every other registry is reached over https.
 insecure = []
 
+# A pull that receives no byte for this many seconds fails instead of hanging
+# (flag: --pull-progress-timeout-secs).
+pull_progress_timeout_secs = 60
+
 # Mirrors per registry host, tried in order before the registry itself
 # (flag: --registry-mirror HOST=URL, repeatable). For example:
 # [registry.mirrors."registry.k8s.io"]
@@ -276,6 +292,12 @@ impl Config {
                     self.default_runtime,
                     self.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
+            });
+        }
+        if self.registry.pull_progress_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "registry.pull_progress_timeout_secs",
+                message: "must be at least 1".to_string(),
             });
         }
         for (host, mirror) in &self.registry.mirrors {

@@ -7,6 +7,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berth_snapshotter::{OverlaySnapshotter, SnapshotError};
 use berth_store::{Store, StoreError};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -15,6 +16,8 @@ use tonic::transport::Server;
 
 use crate::config::Config;
 use crate::cri;
+use crate::images::layers::{LayerStore, OverlayLayers};
+use crate::images::{ImageError, Images};
 use crate::node::{NodeError, NodeInfo};
 use crate::tasks;
 
@@ -52,6 +55,10 @@ pub enum StartError {
     Node(#[from] NodeError),
     #[error("metadata store: {0}")]
     Store(#[from] StoreError),
+    #[error("image store: {0}")]
+    Images(#[from] ImageError),
+    #[error("snapshots: {0}")]
+    Snapshots(#[from] SnapshotError),
     #[error("serving the CRI: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("installing signal handlers: {0}")]
@@ -71,6 +78,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "probed node"
     );
     let store = Store::open(&config.root.join("meta"))?;
+    let snapshots = OverlaySnapshotter::open(config.root.join("snapshots"))?;
+    let layers: Arc<dyn LayerStore> = Arc::new(OverlayLayers(Arc::new(snapshots)));
+    let images = Images::open(
+        &config.root,
+        store.clone(),
+        config.registry.clone(),
+        Some(layers),
+    )?;
     let listener = bind_socket(&config.socket)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
@@ -87,7 +102,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let served = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(cri::runtime_service(cri))
-        .add_service(cri::image_service())
+        .add_service(cri::image_service(images))
         .add_service(tasks::service())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;

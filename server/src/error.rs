@@ -2,6 +2,8 @@
 
 use tonic::{Code, Status};
 
+use crate::images::ImageError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An RPC whose capability has not landed yet. Never answered with a fake success.
@@ -17,6 +19,8 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("metadata store: {0}")]
     Store(#[from] berth_store::StoreError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
 }
 
 impl From<Error> for Status {
@@ -28,6 +32,19 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Store(_) => Code::Internal,
+            Error::Image(e) => match e {
+                ImageError::InvalidReference { .. } | ImageError::InvalidArgument(_) => {
+                    Code::InvalidArgument
+                }
+                ImageError::NotFound { .. } => Code::NotFound,
+                ImageError::AuthFailed { .. } => Code::Unauthenticated,
+                ImageError::Registry { .. } => Code::Unavailable,
+                ImageError::Stalled { .. } => Code::DeadlineExceeded,
+                ImageError::DigestMismatch { .. }
+                | ImageError::Malformed(_)
+                | ImageError::Unsupported(_) => Code::FailedPrecondition,
+                ImageError::Io(_) | ImageError::Store(_) => Code::Internal,
+            },
         };
         if code == Code::Internal {
             tracing::error!(error = %err, "internal error");
@@ -61,6 +78,22 @@ mod tests {
         assert_eq!(
             Status::from(Error::FailedPrecondition("x".into())).code(),
             Code::FailedPrecondition
+        );
+        let s = Status::from(Error::from(ImageError::NotFound {
+            reference: "docker.io/library/x:latest".into(),
+            detail: "manifest unknown".into(),
+        }));
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().contains("docker.io/library/x:latest"));
+        let s = Status::from(Error::from(ImageError::AuthFailed {
+            reference: "r".into(),
+            registry: "127.0.0.1:5000".into(),
+            detail: "401".into(),
+        }));
+        assert_eq!(s.code(), Code::Unauthenticated);
+        assert!(
+            s.message()
+                .contains("authentication to registry 127.0.0.1:5000 failed")
         );
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod cri;
 pub mod daemon;
 pub mod error;
+pub mod images;
 pub mod node;
 pub mod sandbox;
 pub mod tasks;

@@ -9,42 +9,41 @@ use berth_proto::cri::{
 use tonic::{Request, Response, Status};
 
 use super::CriImages;
-use crate::error::Error;
 
 #[tonic::async_trait]
 impl ImageService for CriImages {
     async fn list_images(
         &self,
-        _request: Request<ListImagesRequest>,
+        request: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        Err(Error::NotImplemented("ListImages").into())
+        Ok(Response::new(self.list(request.into_inner()).await?))
     }
 
     async fn image_status(
         &self,
-        _request: Request<ImageStatusRequest>,
+        request: Request<ImageStatusRequest>,
     ) -> Result<Response<ImageStatusResponse>, Status> {
-        Err(Error::NotImplemented("ImageStatus").into())
+        Ok(Response::new(self.status(request.into_inner()).await?))
     }
 
     async fn pull_image(
         &self,
-        _request: Request<PullImageRequest>,
+        request: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        Err(Error::NotImplemented("PullImage").into())
+        Ok(Response::new(self.pull(request.into_inner()).await?))
     }
 
     async fn remove_image(
         &self,
-        _request: Request<RemoveImageRequest>,
+        request: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
-        Err(Error::NotImplemented("RemoveImage").into())
+        Ok(Response::new(self.remove(request.into_inner()).await?))
     }
 
     async fn image_fs_info(
         &self,
         _request: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        Err(Error::NotImplemented("ImageFsInfo").into())
+        Ok(Response::new(self.fs_info().await?))
     }
 }

@@ -3,6 +3,10 @@
 //!
 //! RPCs whose capability has not landed answer `Unimplemented`, never a fake success.
 
+mod image_fs_info;
+mod image_pull;
+mod image_query;
+mod image_remove;
 mod image_service;
 mod runtime_info;
 mod runtime_service;
@@ -13,6 +17,7 @@ use berth_proto::cri::image_service_server::ImageServiceServer;
 use berth_proto::cri::runtime_service_server::RuntimeServiceServer;
 
 use crate::config::Config;
+use crate::images::Images;
 use crate::node::NodeInfo;
 
 /// What the CRI handlers need from the daemon, shared by both services.
@@ -33,9 +38,9 @@ pub fn runtime_service(cri: Arc<Cri>) -> RuntimeServiceServer<CriRuntime> {
 }
 
 /// The ImageService half, as a tonic service.
-pub fn image_service() -> ImageServiceServer<CriImages> {
-    ImageServiceServer::new(CriImages)
+pub fn image_service(images: Arc<Images>) -> ImageServiceServer<CriImages> {
+    ImageServiceServer::new(CriImages(images))
 }
 
 pub struct CriRuntime(Arc<Cri>);
-pub struct CriImages;
+pub struct CriImages(Arc<Images>);

@@ -1,0 +1,409 @@
+//! Images: references, registries, the content store, pulls and the image records.
+//!
+//! [`Images`] is the domain service the CRI ImageService calls. A pull resolves the reference to
+//! a manifest for this node's platform, streams every blob into the [`content::ContentStore`]
+//! (verified against its digest), checks each layer's uncompressed digest against the config's
+//! `rootfs.diff_ids`, and writes the [`ImageRecord`] last, so that a crash mid-pull leaves no
+//! record.
+//!
+//! Records: the key is the image id (the config digest); `repo_tags` are normalised
+//! `name:tag`s, `repo_digests` `name@digest` with the digest of what the tag pointed to (the
+//! index or the manifest); `size` is the config plus the compressed layers; `config` is the
+//! image config JSON.
+
+pub mod content;
+pub mod layers;
+mod platform;
+mod pull;
+pub mod reference;
+pub mod registry;
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_store::{ImageRecord, Store};
+use futures_util::future::{BoxFuture, Shared};
+
+use crate::config::RegistryConfig;
+use content::ContentStore;
+use layers::LayerStore;
+use reference::{ImageRef, as_image_id};
+pub use registry::Credentials;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ImageError {
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("image {reference} not found: {detail}")]
+    NotFound { reference: String, detail: String },
+    #[error("pulling {reference}: authentication to registry {registry} failed: {detail}")]
+    AuthFailed {
+        reference: String,
+        registry: String,
+        detail: String,
+    },
+    #[error("pulling {reference} from {registry}: {detail}")]
+    Registry {
+        reference: String,
+        registry: String,
+        detail: String,
+    },
+    #[error("pulling {reference}: no progress for {secs} s while fetching {what}")]
+    Stalled {
+        reference: String,
+        what: String,
+        secs: u64,
+    },
+    #[error("blob {blob} does not match its digest (content hashes to {actual})")]
+    DigestMismatch { blob: String, actual: String },
+    #[error("{0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("image storage: {0}")]
+    Io(String),
+    #[error("metadata store: {0}")]
+    Store(String),
+}
+
+impl From<berth_store::StoreError> for ImageError {
+    fn from(e: berth_store::StoreError) -> Self {
+        ImageError::Store(e.to_string())
+    }
+}
+
+type PullFuture = Shared<BoxFuture<'static, Result<String, ImageError>>>;
+
+/// The image service: pulls, records, lookups and removal.
+pub struct Images {
+    root: PathBuf,
+    store: Store,
+    content: Arc<ContentStore>,
+    /// Where layers are unpacked; `None` until the snapshotter is wired: pulls keep blobs only.
+    layers: Option<Arc<dyn LayerStore>>,
+    registry: RegistryConfig,
+    progress_timeout: Duration,
+    /// Pulls in flight, by reference and credentials: a second pull of the same image waits for
+    /// the first instead of downloading again.
+    inflight: Mutex<HashMap<(String, Credentials), PullFuture>>,
+    /// Registry clients by (plain http, credentials), kept for their connections and tokens;
+    /// a client only ever carries one set of credentials.
+    clients: Mutex<HashMap<(bool, Credentials), oci_client::Client>>,
+    /// Serialises read-modify-write of image records (tag moves, untagging).
+    records: Mutex<()>,
+}
+
+impl std::fmt::Debug for Images {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Images").field("root", &self.root).finish()
+    }
+}
+
+/// Bytes and inodes used by image data, and the mount point of the filesystem holding them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsUsage {
+    pub mountpoint: PathBuf,
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+impl Images {
+    /// Opens the content store under `<root>/content` (removing partial downloads).
+    pub fn open(
+        root: &Path,
+        store: Store,
+        registry: RegistryConfig,
+        layers: Option<Arc<dyn LayerStore>>,
+    ) -> Result<Arc<Images>, ImageError> {
+        let content = ContentStore::open(&root.join("content"))?;
+        let snapshots = root.join("snapshots");
+        std::fs::create_dir_all(&snapshots)
+            .map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))?;
+        Ok(Arc::new(Images {
+            root: root.to_path_buf(),
+            store,
+            content: Arc::new(content),
+            layers,
+            progress_timeout: Duration::from_secs(registry.pull_progress_timeout_secs.max(1)),
+            registry,
+            inflight: Mutex::new(HashMap::new()),
+            records: Mutex::new(()),
+            clients: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Pulls `reference` and returns the image id. Concurrent pulls of the same reference with
+    /// the same credentials share one pull, which runs to its end even if the caller goes away.
+    pub async fn pull(
+        self: &Arc<Self>,
+        reference: &str,
+        credentials: Credentials,
+    ) -> Result<String, ImageError> {
+        let r = ImageRef::parse(reference)?;
+        let key = (r.to_string(), credentials.clone());
+        let shared = {
+            let mut inflight = self
+                .inflight
+                .lock()
+                .map_err(|_| ImageError::Io("pull table poisoned".into()))?;
+            match inflight.get(&key) {
+                Some(f) => {
+                    tracing::info!(image = %r, "joining a pull already in progress");
+                    f.clone()
+                }
+                None => {
+                    let this = Arc::clone(self);
+                    let task_key = key.clone();
+                    let handle = tokio::spawn(async move {
+                        let result = this.pull_uncached(r, credentials).await;
+                        if let Ok(mut inflight) = this.inflight.lock() {
+                            inflight.remove(&task_key);
+                        }
+                        result
+                    });
+                    let fut: BoxFuture<'static, Result<String, ImageError>> =
+                        Box::pin(async move {
+                            handle
+                                .await
+                                .map_err(|e| ImageError::Io(format!("pull task failed: {e}")))?
+                        });
+                    let shared = futures_util::FutureExt::shared(fut);
+                    inflight.insert(key, shared.clone());
+                    shared
+                }
+            }
+        };
+        shared.await
+    }
+
+    /// Every image, ordered by id; with `filter`, only the image it resolves to.
+    pub fn list(&self, filter: Option<&str>) -> Result<Vec<ImageRecord>, ImageError> {
+        match filter {
+            Some(f) if !f.is_empty() => Ok(self.resolve(f)?.into_iter().collect()),
+            _ => Ok(self.store.list::<ImageRecord>()?),
+        }
+    }
+
+    /// The image `reference` names, as containerd resolves it: a full image id (with or
+    /// without `sha256:`), a `name:tag` or a `name@digest` (normalised first).
+    pub fn resolve(&self, reference: &str) -> Result<Option<ImageRecord>, ImageError> {
+        if let Some(id) = as_image_id(reference) {
+            return Ok(self.store.get::<ImageRecord>(&id)?);
+        }
+        let r = ImageRef::parse(reference)?;
+        let images = self.store.list::<ImageRecord>()?;
+        Ok(find_by_ref(&images, &r).cloned())
+    }
+
+    /// Removes what `reference` names: a tag is removed from its image (the image goes with
+    /// its last tag); an id or a digest removes the whole image. Missing is success.
+    pub fn remove(&self, reference: &str) -> Result<(), ImageError> {
+        let _guard = self
+            .records
+            .lock()
+            .map_err(|_| ImageError::Io("record lock poisoned".into()))?;
+        let Some(mut image) = self.resolve(reference)? else {
+            return Ok(());
+        };
+        let by_tag = as_image_id(reference).is_none()
+            && ImageRef::parse(reference).is_ok_and(|r| r.digest.is_none());
+        if by_tag && image.repo_tags.len() > 1 {
+            let tag = ImageRef::parse(reference)?.tagged().unwrap_or_default();
+            image.repo_tags.retain(|t| t != &tag);
+            self.store.put(&image)?;
+            tracing::info!(image = %image.id, tag, "untagged image");
+        } else {
+            self.store.delete::<ImageRecord>(&image.id)?;
+            tracing::info!(image = %image.id, tags = ?image.repo_tags, "removed image");
+        }
+        Ok(())
+    }
+
+    /// Bytes and inodes under `<root>/content` and `<root>/snapshots`.
+    pub fn fs_usage(&self) -> Result<FsUsage, ImageError> {
+        let mut usage = FsUsage {
+            mountpoint: mountpoint_of(&self.root),
+            ..FsUsage::default()
+        };
+        for dir in [self.root.join("content"), self.root.join("snapshots")] {
+            walk_usage(&dir, &mut usage)
+                .map_err(|e| ImageError::Io(format!("{}: {e}", dir.display())))?;
+        }
+        Ok(usage)
+    }
+}
+
+/// The chain ids of layers with these diff ids, per the OCI image spec:
+/// `chain(L0) = diff(L0)`, `chain(Ln) = sha256(chain(Ln-1) + " " + diff(Ln))`.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for diff in diff_ids {
+        let next = match out.last() {
+            None => diff.clone(),
+            Some(parent) => content::sha256_digest(format!("{parent} {diff}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+fn find_by_ref<'a>(images: &'a [ImageRecord], r: &ImageRef) -> Option<&'a ImageRecord> {
+    match &r.digest {
+        Some(d) => {
+            let wanted = r.with_digest(d);
+            images.iter().find(|i| i.repo_digests.contains(&wanted))
+        }
+        None => {
+            let wanted = r.tagged().unwrap_or_default();
+            images.iter().find(|i| i.repo_tags.contains(&wanted))
+        }
+    }
+}
+
+/// Apportions blocks actually allocated (like `du`), counting every inode once per link.
+fn walk_usage(dir: &Path, usage: &mut FsUsage) -> std::io::Result<()> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(dir.to_path_buf(), meta)];
+    while let Some((path, meta)) = stack.pop() {
+        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        usage.inodes += 1;
+        usage.bytes += meta.blocks() * 512;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                let entry = entry?;
+                let m = entry.metadata()?;
+                stack.push((entry.path(), m));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The mount point of the filesystem holding `path`: the longest mount point in
+/// `/proc/self/mountinfo` that is a prefix of it.
+fn mountpoint_of(path: &Path) -> PathBuf {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return PathBuf::from("/");
+    };
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|mp| path.starts_with(mp))
+        .max_by_key(|mp| mp.as_os_str().len())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, tags: &[&str], digests: &[&str]) -> ImageRecord {
+        ImageRecord {
+            id: id.to_string(),
+            repo_tags: tags.iter().map(|s| s.to_string()).collect(),
+            repo_digests: digests.iter().map(|s| s.to_string()).collect(),
+            size: 1,
+            pinned: false,
+            config: b"{}".to_vec(),
+        }
+    }
+
+    const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const D: &str = "sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+
+    fn images_with(records: &[ImageRecord]) -> (tempfile::TempDir, Arc<Images>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::in_memory();
+        for r in records {
+            store.put(r).unwrap();
+        }
+        let images = Images::open(dir.path(), store, RegistryConfig::default(), None).unwrap();
+        (dir, images)
+    }
+
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let ids = chain_ids(&[d('a'), d('b')]);
+        assert_eq!(ids[0], d('a'));
+        assert_eq!(
+            ids[1],
+            content::sha256_digest(format!("{} {}", d('a'), d('b')).as_bytes())
+        );
+        assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn resolve_by_id_tag_and_digest() {
+        let (_d, images) = images_with(&[record(
+            A,
+            &["docker.io/library/busybox:latest"],
+            &[&format!("docker.io/library/busybox@{D}")],
+        )]);
+        for name in [
+            A,
+            &A[7..],
+            "busybox",
+            "docker.io/library/busybox:latest",
+            &format!("busybox@{D}"),
+        ] {
+            assert_eq!(
+                images.resolve(name).unwrap().map(|r| r.id),
+                Some(A.to_string()),
+                "{name}"
+            );
+        }
+        assert!(images.resolve("busybox:other").unwrap().is_none());
+        assert!(images.resolve("Bad").is_err());
+        assert_eq!(images.list(Some("busybox")).unwrap().len(), 1);
+        assert_eq!(images.list(Some("nope")).unwrap().len(), 0);
+        assert_eq!(images.list(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn removing_one_tag_keeps_the_others_and_missing_is_ok() {
+        let (_d, images) = images_with(&[record(
+            A,
+            &["docker.io/library/a:1", "docker.io/library/a:2"],
+            &[],
+        )]);
+        images.remove("a:1").unwrap();
+        let left = images.resolve(A).unwrap().unwrap();
+        assert_eq!(left.repo_tags, vec!["docker.io/library/a:2".to_string()]);
+        images.remove("a:1").unwrap();
+        images.remove("a:2").unwrap();
+        assert!(images.resolve(A).unwrap().is_none());
+        images.remove(A).unwrap();
+    }
+
+    #[test]
+    fn fs_usage_counts_content_and_names_a_mountpoint() {
+        let (dir, images) = images_with(&[]);
+        std::fs::write(dir.path().join("content/blobs/sha256/x"), vec![1u8; 10000]).unwrap();
+        let usage = images.fs_usage().unwrap();
+        assert!(usage.bytes >= 10000, "{usage:?}");
+        assert!(usage.inodes >= 5, "{usage:?}");
+        assert!(dir.path().starts_with(&usage.mountpoint), "{usage:?}");
+    }
+}

@@ -1,0 +1,1002 @@
+//! Pulling an image: endpoints in order, the manifest for this platform, blobs into the content
+//! store, layers checked against the config's diff ids, then the record.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_store::ImageRecord;
+use bytes::{Buf, Bytes};
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use super::content::{ContentStore, Ingest, hex};
+use super::layers::{StagedLayer, import_chain};
+use super::platform::Platform;
+use super::reference::ImageRef;
+use super::registry::{self, Credentials, Endpoint};
+use super::{ImageError, Images};
+
+const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const ACCEPTED_MANIFESTS: &[&str] = &[
+    MEDIA_OCI_INDEX,
+    MEDIA_DOCKER_LIST,
+    MEDIA_OCI_MANIFEST,
+    MEDIA_DOCKER_MANIFEST,
+];
+/// Layers downloaded at once per pull.
+const PARALLEL_LAYERS: usize = 3;
+/// How often a layer's progress is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    #[serde(default)]
+    media_type: String,
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+/// An image manifest or an index, told apart by which fields are present.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestDoc {
+    schema_version: u32,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfigDoc {
+    rootfs: RootFs,
+}
+
+#[derive(Debug, Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+fn compression(media_type: &str, blob: &str) -> Result<Compression, ImageError> {
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Ok(Compression::None),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Ok(Compression::Zstd),
+        other => Err(ImageError::Unsupported(format!(
+            "layer {blob} has unsupported media type {other:?}"
+        ))),
+    }
+}
+
+/// What one endpoint attempt needs.
+struct Ctx {
+    reference: ImageRef,
+    endpoint: Endpoint,
+    oref: Reference,
+    client: Client,
+    auth: oci_client::secrets::RegistryAuth,
+    timeout: Duration,
+}
+
+impl Ctx {
+    fn stalled(&self, what: &str) -> ImageError {
+        ImageError::Stalled {
+            reference: self.reference.to_string(),
+            what: what.to_string(),
+            secs: self.timeout.as_secs(),
+        }
+    }
+
+    fn map_err(&self, e: OciDistributionError) -> ImageError {
+        map_oci_error(e, &self.reference, &self.endpoint)
+    }
+
+    /// Fetches a manifest (by the reference, or by `digest`) with its digest.
+    async fn manifest(&self, digest: Option<&str>) -> Result<(Vec<u8>, String), ImageError> {
+        let oref = match digest {
+            Some(d) => self.oref.clone_with_digest(d.to_string()),
+            None => self.oref.clone(),
+        };
+        let what = format!("the manifest {}", digest.unwrap_or("of the reference"));
+        let (body, digest) = tokio::time::timeout(
+            self.timeout,
+            self.client
+                .pull_manifest_raw(&oref, &self.auth, ACCEPTED_MANIFESTS),
+        )
+        .await
+        .map_err(|_| self.stalled(&what))?
+        .map_err(|e| self.map_err(e))?;
+        Ok((body.to_vec(), digest))
+    }
+
+    async fn small_blob(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
+        let mut out = Vec::with_capacity(desc.size as usize);
+        tokio::time::timeout(
+            self.timeout,
+            self.client
+                .pull_blob(&self.oref, &oci_descriptor(desc), &mut out),
+        )
+        .await
+        .map_err(|_| self.stalled(&format!("blob {}", desc.digest)))?
+        .map_err(|e| self.map_err(e))?;
+        Ok(out)
+    }
+}
+
+fn oci_descriptor(desc: &Descriptor) -> OciDescriptor {
+    OciDescriptor {
+        media_type: desc.media_type.clone(),
+        digest: desc.digest.clone(),
+        size: i64::try_from(desc.size).unwrap_or(i64::MAX),
+        ..OciDescriptor::default()
+    }
+}
+
+fn map_oci_error(e: OciDistributionError, r: &ImageRef, ep: &Endpoint) -> ImageError {
+    let registry = if ep.host == r.domain {
+        r.domain.clone()
+    } else {
+        format!("{} (for {})", ep.url(), r.domain)
+    };
+    let not_found = |detail: String| ImageError::NotFound {
+        reference: r.to_string(),
+        detail: format!("{detail} (registry {registry})"),
+    };
+    let auth = |detail: String| ImageError::AuthFailed {
+        reference: r.to_string(),
+        registry: registry.clone(),
+        detail,
+    };
+    match e {
+        OciDistributionError::AuthenticationFailure(d) => auth(d),
+        OciDistributionError::UnauthorizedError { url } => {
+            auth(format!("{url} answered 401 Unauthorized"))
+        }
+        OciDistributionError::ImageManifestNotFoundError(d) => not_found(d),
+        OciDistributionError::RegistryError { envelope, url } => {
+            let codes: Vec<_> = envelope.errors.iter().map(|e| &e.code).collect();
+            let detail = format!("{url}: {envelope}");
+            if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) {
+                not_found(detail)
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                auth(detail)
+            } else {
+                ImageError::Registry {
+                    reference: r.to_string(),
+                    registry,
+                    detail,
+                }
+            }
+        }
+        OciDistributionError::ServerError { code: 404, url, .. } => {
+            not_found(format!("{url} answered 404"))
+        }
+        OciDistributionError::ServerError {
+            code: 401 | 403,
+            url,
+            message,
+        } => auth(format!("{url}: {message}")),
+        other => ImageError::Registry {
+            reference: r.to_string(),
+            registry,
+            detail: error_chain(&other),
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+impl Images {
+    /// Tries every endpoint of the reference's registry in order; a failing mirror hands over
+    /// to the next endpoint, the last failure is reported.
+    pub(super) async fn pull_uncached(
+        &self,
+        r: ImageRef,
+        credentials: Credentials,
+    ) -> Result<String, ImageError> {
+        let started = Instant::now();
+        let mut last = None;
+        for endpoint in registry::endpoints(&self.registry, &r) {
+            let is_mirror = endpoint.mirror;
+            let url = endpoint.url();
+            match self.pull_from(&r, endpoint, &credentials).await {
+                Ok(id) => {
+                    tracing::info!(image = %r, id, from = url, elapsed_ms = started.elapsed().as_millis() as u64, "pulled image");
+                    return Ok(id);
+                }
+                Err(e) if is_mirror => {
+                    tracing::warn!(image = %r, mirror = url, error = %e, "mirror failed; trying the next endpoint");
+                    last = Some(e);
+                }
+                // A mirror's "not found" says more than an unreachable origin.
+                Err(ImageError::Registry { detail, .. })
+                    if matches!(last, Some(ImageError::NotFound { .. })) =>
+                {
+                    if let Some(ImageError::NotFound {
+                        reference,
+                        detail: found,
+                    }) = last
+                    {
+                        return Err(ImageError::NotFound {
+                            reference,
+                            detail: format!("{found}; {url}: {detail}"),
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ImageError::NotFound {
+            reference: r.to_string(),
+            detail: "no endpoint to pull from".into(),
+        }))
+    }
+
+    async fn pull_from(
+        &self,
+        r: &ImageRef,
+        endpoint: Endpoint,
+        credentials: &Credentials,
+    ) -> Result<String, ImageError> {
+        let client = self.client(endpoint.plain_http, credentials);
+        let mut oref = match (&r.digest, &r.tag) {
+            (Some(d), _) => Reference::with_digest(r.domain.clone(), r.path.clone(), d.clone()),
+            (None, tag) => Reference::with_tag(
+                r.domain.clone(),
+                r.path.clone(),
+                tag.clone().unwrap_or_else(|| "latest".into()),
+            ),
+        };
+        if endpoint.host != r.domain {
+            oref.set_mirror_registry(endpoint.host.clone());
+        }
+        tracing::info!(image = %r, endpoint = endpoint.url(), "pulling image");
+        let ctx = Ctx {
+            reference: r.clone(),
+            endpoint,
+            oref,
+            client,
+            auth: credentials.to_oci(),
+            timeout: self.progress_timeout,
+        };
+
+        let (top, top_digest) = ctx.manifest(None).await?;
+        if let Some(d) = &r.digest
+            && d != &top_digest
+        {
+            return Err(ImageError::DigestMismatch {
+                blob: d.clone(),
+                actual: top_digest,
+            });
+        }
+        let doc = parse_manifest(&top, &top_digest)?;
+        let (manifest, manifest_digest) = if let Some(entries) = &doc.manifests {
+            self.content.write_all(&top_digest, &top)?;
+            let here = Platform::current();
+            let entry = entries
+                .iter()
+                .find(|e| e.platform.as_ref().is_some_and(|p| here.accepts(p)))
+                .ok_or_else(|| ImageError::NotFound {
+                    reference: r.to_string(),
+                    detail: format!("index {top_digest} has no manifest for platform {here}"),
+                })?;
+            let child = if self.content.contains(&entry.digest) {
+                self.content.read(&entry.digest)?
+            } else {
+                let (child, digest) = ctx.manifest(Some(&entry.digest)).await?;
+                if digest != entry.digest {
+                    return Err(ImageError::DigestMismatch {
+                        blob: entry.digest.clone(),
+                        actual: digest,
+                    });
+                }
+                self.content.write_all(&entry.digest, &child)?;
+                child
+            };
+            let doc = parse_manifest(&child, &entry.digest)?;
+            if doc.manifests.is_some() {
+                return Err(ImageError::Malformed(format!(
+                    "manifest {} in index {top_digest} is itself an index",
+                    entry.digest
+                )));
+            }
+            (doc, entry.digest.clone())
+        } else {
+            self.content.write_all(&top_digest, &top)?;
+            (doc, top_digest.clone())
+        };
+        let (Some(config_desc), Some(layers)) = (&manifest.config, &manifest.layers) else {
+            return Err(ImageError::Malformed(format!(
+                "manifest {manifest_digest} has no config or no layers"
+            )));
+        };
+        for l in layers {
+            compression(&l.media_type, &l.digest)?;
+        }
+
+        let config = if self.content.contains(&config_desc.digest) {
+            self.content.read(&config_desc.digest)?
+        } else {
+            let data = ctx.small_blob(config_desc).await?;
+            self.content.write_all(&config_desc.digest, &data)?;
+            data
+        };
+        let config_doc: ConfigDoc = serde_json::from_slice(&config).map_err(|e| {
+            ImageError::Malformed(format!("image config {}: {e}", config_desc.digest))
+        })?;
+        if config_doc.rootfs.diff_ids.len() != layers.len() {
+            return Err(ImageError::Malformed(format!(
+                "manifest {manifest_digest} has {} layers but config {} lists {} diff ids",
+                layers.len(),
+                config_desc.digest,
+                config_doc.rootfs.diff_ids.len()
+            )));
+        }
+
+        let ctx = Arc::new(ctx);
+        let diff_ids = &config_doc.rootfs.diff_ids;
+        let chain = super::chain_ids(diff_ids);
+        // With a layer store, a layer is needed when its snapshot is missing (its blob may be
+        // here already); without one, when its blob is.
+        let needed: Vec<usize> = (0..layers.len())
+            .filter(|&i| match &self.layers {
+                Some(store) => !store.exists(&chain[i]),
+                None => !self.content.contains(&layers[i].digest),
+            })
+            .collect();
+        if !needed.is_empty() {
+            tracing::info!(image = %r, layers = layers.len(), needed = needed.len(), "fetching layers");
+        }
+        let mut jobs = Vec::with_capacity(needed.len());
+        for &i in &needed {
+            let staged = match &self.layers {
+                Some(store) => Some(store.stage()?),
+                None => None,
+            };
+            let job = Layer {
+                desc: layers[i].clone(),
+                diff_id: diff_ids[i].clone(),
+                staged,
+            };
+            let ctx = Arc::clone(&ctx);
+            let content = Arc::clone(&self.content);
+            jobs.push(
+                async move { Ok::<_, ImageError>((i, unpack_layer(ctx, content, job).await?)) },
+            );
+        }
+        let mut done: Vec<(usize, Option<Box<dyn StagedLayer>>)> = futures_util::stream::iter(jobs)
+            .buffer_unordered(PARALLEL_LAYERS)
+            .try_collect()
+            .await?;
+        if self.layers.is_some() {
+            done.sort_by_key(|(i, _)| *i);
+            let mut staged: Vec<Option<Box<dyn StagedLayer>>> =
+                (0..layers.len()).map(|_| None).collect();
+            for (i, layer) in done {
+                staged[i] = layer;
+            }
+            let diff_ids = diff_ids.clone();
+            tokio::task::spawn_blocking(move || import_chain(&chain, &diff_ids, staged))
+                .await
+                .map_err(|e| ImageError::Io(format!("importing layers: {e}")))??;
+        }
+
+        let size = config_desc.size + layers.iter().map(|l| l.size).sum::<u64>();
+        let id = config_desc.digest.clone();
+        self.commit_record(r, &id, &r.with_digest(&top_digest), size, config)?;
+        Ok(id)
+    }
+
+    /// A client for http or https with these credentials (building one loads the system's CA
+    /// certificates: about 100 ms).
+    fn client(&self, plain_http: bool, credentials: &Credentials) -> Client {
+        const MAX_CLIENTS: usize = 64;
+        let build = || {
+            Client::new(ClientConfig {
+                protocol: if plain_http {
+                    ClientProtocol::Http
+                } else {
+                    ClientProtocol::Https
+                },
+                connect_timeout: Some(Duration::from_secs(15)),
+                // Past berth's own no-progress timeout, which gives the clearer error.
+                read_timeout: Some(self.progress_timeout + Duration::from_secs(5)),
+                ..ClientConfig::default()
+            })
+        };
+        let Ok(mut clients) = self.clients.lock() else {
+            return build();
+        };
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients
+            .entry((plain_http, credentials.clone()))
+            .or_insert_with(build)
+            .clone()
+    }
+
+    /// Writes the record of a complete image: adds the tag and repo digest, moving the tag
+    /// from any image that had it.
+    fn commit_record(
+        &self,
+        r: &ImageRef,
+        id: &str,
+        repo_digest: &str,
+        size: u64,
+        config: Vec<u8>,
+    ) -> Result<(), ImageError> {
+        let _guard = self
+            .records
+            .lock()
+            .map_err(|_| ImageError::Io("record lock poisoned".into()))?;
+        let images = self.store.list::<ImageRecord>()?;
+        let tag = r.tagged();
+        let mut batch = self.store.batch();
+        let mut record = images
+            .iter()
+            .find(|i| i.id == id)
+            .cloned()
+            .unwrap_or_else(|| ImageRecord {
+                id: id.to_string(),
+                ..ImageRecord::default()
+            });
+        if let Some(tag) = &tag {
+            for other in images
+                .iter()
+                .filter(|i| i.id != id && i.repo_tags.contains(tag))
+            {
+                let mut other = other.clone();
+                other.repo_tags.retain(|t| t != tag);
+                tracing::info!(tag, from = other.id, to = id, "moving tag");
+                batch.put(&other);
+            }
+            if !record.repo_tags.contains(tag) {
+                record.repo_tags.push(tag.clone());
+            }
+        }
+        if !record.repo_digests.iter().any(|d| d == repo_digest) {
+            record.repo_digests.push(repo_digest.to_string());
+        }
+        record.size = size;
+        record.config = config;
+        batch.put(&record);
+        self.store.write(batch)?;
+        Ok(())
+    }
+}
+
+fn parse_manifest(body: &[u8], digest: &str) -> Result<ManifestDoc, ImageError> {
+    let doc: ManifestDoc = serde_json::from_slice(body)
+        .map_err(|e| ImageError::Malformed(format!("manifest {digest}: {e}")))?;
+    if doc.schema_version != 2 {
+        return Err(ImageError::Unsupported(format!(
+            "manifest {digest} has schema version {} (only 2 is supported)",
+            doc.schema_version
+        )));
+    }
+    if let Some(mt) = &doc.media_type
+        && !ACCEPTED_MANIFESTS.contains(&mt.as_str())
+    {
+        return Err(ImageError::Unsupported(format!(
+            "manifest {digest} has unsupported media type {mt:?}"
+        )));
+    }
+    Ok(doc)
+}
+
+/// One layer to fetch or unpack.
+struct Layer {
+    desc: Descriptor,
+    diff_id: String,
+    staged: Option<Box<dyn StagedLayer>>,
+}
+
+/// Brings one layer in: from the content store when its blob is here, else streamed from the
+/// registry into the content store. Either way a blocking task decompresses it, checks its
+/// diff id and applies it to its staging directory in the same pass.
+async fn unpack_layer(
+    ctx: Arc<Ctx>,
+    content: Arc<ContentStore>,
+    layer: Layer,
+) -> Result<Option<Box<dyn StagedLayer>>, ImageError> {
+    let started = Instant::now();
+    let Layer {
+        desc,
+        diff_id,
+        staged,
+    } = layer;
+    let digest = desc.digest.clone();
+    let compression = compression(&desc.media_type, &digest)?;
+    if content.contains(&digest) {
+        let path = content.path(&digest)?;
+        let staged = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path)
+                .map_err(|e| ImageError::Io(format!("{}: {e}", path.display())))?;
+            let reader = std::io::BufReader::with_capacity(256 * 1024, file);
+            consume_layer(reader, None, compression, &digest, &diff_id, staged)
+        })
+        .await
+        .map_err(|e| ImageError::Io(format!("layer {}: {e}", desc.digest)))??;
+        tracing::info!(
+            layer = desc.digest,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "unpacked layer from the content store"
+        );
+        return Ok(staged);
+    }
+    let ingest = content.writer(&digest)?;
+    tracing::info!(image = %ctx.reference, layer = digest, size = desc.size, "pulling layer");
+
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(32);
+    let consumer = {
+        let digest = digest.clone();
+        tokio::task::spawn_blocking(move || {
+            consume_layer(
+                ChannelReader::new(rx),
+                Some(ingest),
+                compression,
+                &digest,
+                &diff_id,
+                staged,
+            )
+        })
+    };
+
+    let network = async {
+        let mut stream = tokio::time::timeout(
+            ctx.timeout,
+            ctx.client
+                .pull_blob_stream(&ctx.oref, &oci_descriptor(&desc)),
+        )
+        .await
+        .map_err(|_| ctx.stalled(&format!("layer {digest}")))?
+        .map_err(|e| ctx.map_err(e))?;
+        let mut received = 0u64;
+        let mut last_log = Instant::now();
+        loop {
+            let next = tokio::time::timeout(ctx.timeout, stream.next())
+                .await
+                .map_err(|_| ctx.stalled(&format!("layer {digest} after {received} bytes")))?;
+            let Some(chunk) = next else { break };
+            let chunk = chunk.map_err(|e| ImageError::Registry {
+                reference: ctx.reference.to_string(),
+                registry: ctx.endpoint.url(),
+                detail: format!("layer {digest}: {}", error_chain(&e)),
+            })?;
+            received += chunk.len() as u64;
+            if tx.send(Ok(chunk)).await.is_err() {
+                // The consumer stopped early; its error says why.
+                break;
+            }
+            if last_log.elapsed() >= PROGRESS_EVERY {
+                last_log = Instant::now();
+                tracing::info!(layer = digest, received, size = desc.size, "layer progress");
+            }
+        }
+        Ok::<u64, ImageError>(received)
+    };
+    let received = network.await;
+    if received.is_err() {
+        let _ = tx.send(Err(std::io::Error::other("download failed"))).await;
+    }
+    drop(tx);
+    let consumed = consumer
+        .await
+        .map_err(|e| ImageError::Io(format!("layer {digest}: {e}")))?;
+    let received = received?;
+    let staged = consumed?;
+    tracing::info!(
+        layer = digest,
+        bytes = received,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "pulled layer"
+    );
+    Ok(staged)
+}
+
+/// Reads the compressed layer from `source` (into `ingest` when it comes from the network),
+/// decompresses it, applies it to `staged` and checks its uncompressed digest against
+/// `diff_id`, all in one pass; commits the blob only when everything matched.
+fn consume_layer(
+    source: impl Read,
+    ingest: Option<Ingest>,
+    compression: Compression,
+    digest: &str,
+    diff_id: &str,
+    mut staged: Option<Box<dyn StagedLayer>>,
+) -> Result<Option<Box<dyn StagedLayer>>, ImageError> {
+    let mut tee = Tee {
+        inner: source,
+        ingest,
+    };
+    let mut hasher = Sha256::new();
+    let decoded = decode(&mut tee, compression, &mut hasher, staged.as_deref_mut());
+    // Whatever follows the compressed stream still belongs to the blob.
+    let drained = std::io::copy(&mut tee, &mut std::io::sink());
+    let Tee { ingest, .. } = tee;
+    if let Err(e) = drained {
+        return Err(ImageError::Io(format!("layer {digest}: {e}")));
+    }
+    if let Err(e) = decoded {
+        // Wrong bytes are the most precise explanation of a broken stream.
+        if let Some(ingest) = &ingest {
+            ingest.check()?;
+        }
+        return Err(ImageError::Malformed(format!("layer {digest}: {e}")));
+    }
+    let actual = format!("sha256:{}", hex(&hasher.finalize()));
+    if actual != diff_id {
+        if let Some(ingest) = &ingest {
+            ingest.check()?;
+        }
+        return Err(ImageError::Malformed(format!(
+            "layer {digest}: uncompressed content hashes to {actual}, the image config says {diff_id}"
+        )));
+    }
+    if let Some(ingest) = ingest {
+        ingest.commit()?;
+    }
+    Ok(staged)
+}
+
+fn decode(
+    compressed: &mut dyn Read,
+    compression: Compression,
+    hasher: &mut Sha256,
+    staged: Option<&mut (dyn StagedLayer + 'static)>,
+) -> Result<(), String> {
+    let mut decoder: Box<dyn Read + '_> = match compression {
+        Compression::None => Box::new(compressed),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(compressed).map_err(|e| format!("zstd: {e}"))?,
+        ),
+    };
+    let mut hashing = HashingReader {
+        inner: &mut decoder,
+        hasher,
+    };
+    if let Some(staged) = staged {
+        staged.apply(&mut hashing).map_err(|e| e.to_string())?;
+    }
+    // The rest: end-of-archive padding, or everything when nothing is applied.
+    copy_to_sink(&mut hashing).map_err(|e| format!("cannot decompress: {e}"))?;
+    Ok(())
+}
+
+/// Hashes every byte read through it.
+struct HashingReader<'a, R: ?Sized> {
+    inner: &'a mut R,
+    hasher: &'a mut Sha256,
+}
+
+impl<R: Read + ?Sized> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn copy_to_sink(reader: &mut dyn Read) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut total = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        total += n as u64;
+    }
+}
+
+/// Every byte read through it also goes to the ingest.
+struct Tee<R> {
+    inner: R,
+    ingest: Option<Ingest>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(ingest) = &mut self.ingest {
+            ingest
+                .write(&buf[..n])
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        Ok(n)
+    }
+}
+
+/// A blocking reader over chunks sent by the async download.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    buf: Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Self {
+        ChannelReader {
+            rx,
+            buf: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.buf.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.buf = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        self.buf.advance(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::images::content::sha256_digest;
+    use crate::images::layers::fake::Staged;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn layer_is_committed_when_blob_and_diff_id_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let tar = vec![7u8; 100_000];
+        let blob = gzip(&tar);
+        let digest = sha256_digest(&blob);
+        let diff_id = sha256_digest(&tar);
+        let ingest = store.writer(&digest).unwrap();
+        consume_layer(
+            blob.as_slice(),
+            Some(ingest),
+            Compression::Gzip,
+            &digest,
+            &diff_id,
+            None,
+        )
+        .unwrap();
+        assert_eq!(store.read(&digest).unwrap(), blob);
+    }
+
+    #[test]
+    fn wrong_diff_id_or_digest_names_the_blob_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let tar = vec![7u8; 1000];
+        let blob = gzip(&tar);
+        let digest = sha256_digest(&blob);
+        let wrong = sha256_digest(b"other");
+
+        let ingest = store.writer(&digest).unwrap();
+        let err = consume_layer(
+            blob.as_slice(),
+            Some(ingest),
+            Compression::Gzip,
+            &digest,
+            &wrong,
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains(&digest), "{err}");
+        assert!(!store.contains(&digest));
+
+        let ingest = store.writer(&wrong).unwrap();
+        let err = consume_layer(
+            blob.as_slice(),
+            Some(ingest),
+            Compression::Gzip,
+            &wrong,
+            &sha256_digest(&tar),
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(&err, ImageError::DigestMismatch { blob, .. } if blob == &wrong),
+            "{err}"
+        );
+        assert!(!store.contains(&wrong));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn zstd_and_plain_layers_are_checked_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let tar = b"some tar bytes".repeat(1000);
+        let blob = zstd::encode_all(tar.as_slice(), 3).unwrap();
+        let digest = sha256_digest(&blob);
+        let ingest = store.writer(&digest).unwrap();
+        consume_layer(
+            blob.as_slice(),
+            Some(ingest),
+            Compression::Zstd,
+            &digest,
+            &sha256_digest(&tar),
+            None,
+        )
+        .unwrap();
+        let digest = sha256_digest(&tar);
+        let ingest = store.writer(&digest).unwrap();
+        consume_layer(
+            tar.as_slice(),
+            Some(ingest),
+            Compression::None,
+            &digest,
+            &digest,
+            None,
+        )
+        .unwrap();
+        assert!(store.contains(&digest));
+    }
+
+    #[test]
+    fn layer_is_applied_while_it_streams_and_from_the_content_store() {
+        let mut builder = tar::Builder::new(Vec::new());
+        for name in ["etc/hostname", "bin/sh"] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(3);
+            header.set_mode(0o644);
+            builder.append_data(&mut header, name, &b"abc"[..]).unwrap();
+        }
+        let tar = builder.into_inner().unwrap();
+        let blob = gzip(&tar);
+        let digest = sha256_digest(&blob);
+        let diff_id = sha256_digest(&tar);
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+
+        let seen = Staged::default();
+        let paths = seen.0.clone();
+        let staged = consume_layer(
+            blob.as_slice(),
+            Some(store.writer(&digest).unwrap()),
+            Compression::Gzip,
+            &digest,
+            &diff_id,
+            Some(Box::new(seen)),
+        )
+        .unwrap();
+        assert!(staged.is_some());
+        assert_eq!(*paths.lock().unwrap(), ["etc/hostname", "bin/sh"]);
+        assert!(store.contains(&digest));
+
+        let file = std::fs::File::open(store.path(&digest).unwrap()).unwrap();
+        let again = Staged::default();
+        let paths = again.0.clone();
+        consume_layer(
+            file,
+            None,
+            Compression::Gzip,
+            &digest,
+            &diff_id,
+            Some(Box::new(again)),
+        )
+        .unwrap();
+        assert_eq!(paths.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_never_answers_fails_the_pull_with_a_clear_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // Accepts connections and never writes a byte.
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let registry = crate::config::RegistryConfig {
+            insecure: vec![addr.clone()],
+            pull_progress_timeout_secs: 1,
+            ..Default::default()
+        };
+        let images =
+            Images::open(dir.path(), berth_store::Store::in_memory(), registry, None).unwrap();
+        let reference = format!("{addr}/stuck/image:v1");
+        let started = Instant::now();
+        let err = images
+            .pull(&reference, Credentials::Anonymous)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(matches!(err, ImageError::Stalled { .. }), "{err}");
+        assert!(err.to_string().contains(&reference), "{err}");
+        assert!(err.to_string().contains("no progress for 1 s"), "{err}");
+        silent.abort();
+    }
+
+    #[test]
+    fn manifests_and_media_types_are_checked() {
+        assert!(parse_manifest(br#"{"schemaVersion":1}"#, "d").is_err());
+        assert!(
+            parse_manifest(
+                br#"{"schemaVersion":2,"mediaType":"application/x-other"}"#,
+                "d"
+            )
+            .is_err()
+        );
+        let err = compression("application/x-foo", "sha256:l").unwrap_err();
+        assert!(err.to_string().contains("sha256:l"), "{err}");
+        assert_eq!(
+            compression("application/vnd.docker.image.rootfs.diff.tar.gzip", "x").unwrap(),
+            Compression::Gzip
+        );
+    }
+}

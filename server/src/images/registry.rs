@@ -1,0 +1,236 @@
+//! Where a repository is fetched from (mirrors, then the origin) and with which credentials.
+
+use base64::Engine as _;
+
+use super::ImageError;
+use super::reference::{DOCKER_HUB, ImageRef};
+use crate::config::RegistryConfig;
+
+/// Docker Hub's API host: `docker.io` names the registry, this host serves it.
+const DOCKER_HUB_API: &str = "registry-1.docker.io";
+
+/// One place to fetch a repository from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host` or `host:port`, as requests address it.
+    pub host: String,
+    /// Plain http instead of https.
+    pub plain_http: bool,
+    /// A mirror rather than the registry the reference names.
+    pub mirror: bool,
+}
+
+impl Endpoint {
+    pub fn url(&self) -> String {
+        let scheme = if self.plain_http { "http" } else { "https" };
+        format!("{scheme}://{}", self.host)
+    }
+}
+
+/// The endpoints to try for `reference`, in order: the configured mirrors of its domain, then
+/// the domain itself unless a mirror is configured without fallback.
+pub fn endpoints(config: &RegistryConfig, reference: &ImageRef) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    let mirror = config.mirrors.get(&reference.domain);
+    if let Some(mirror) = mirror {
+        for url in &mirror.endpoints {
+            let (plain_http, rest) = match url.strip_prefix("http://") {
+                Some(rest) => (true, rest),
+                None => (false, url.strip_prefix("https://").unwrap_or(url)),
+            };
+            let host = rest.split('/').next().unwrap_or(rest);
+            if host.len() != rest.trim_end_matches('/').len() {
+                tracing::warn!(mirror = %url, "mirror path prefixes are not supported; using its host");
+            }
+            out.push(Endpoint {
+                host: host.to_string(),
+                plain_http: plain_http || is_insecure(config, host),
+                mirror: true,
+            });
+        }
+    }
+    if mirror.is_none_or(|m| m.fallback_to_origin) {
+        let host = if reference.domain == DOCKER_HUB {
+            DOCKER_HUB_API.to_string()
+        } else {
+            reference.domain.clone()
+        };
+        out.push(Endpoint {
+            plain_http: is_insecure(config, &reference.domain) || is_insecure(config, &host),
+            host,
+            mirror: false,
+        });
+    }
+    out
+}
+
+fn is_insecure(config: &RegistryConfig, host: &str) -> bool {
+    config.insecure.iter().any(|h| h == host)
+}
+
+/// Credentials for one pull. Its `Debug` never shows a secret.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub enum Credentials {
+    #[default]
+    Anonymous,
+    Basic {
+        username: String,
+        password: String,
+    },
+    /// A registry token used as a bearer token as is.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+impl Credentials {
+    /// From the CRI `AuthConfig` fields: a registry token wins, then an identity token (sent as
+    /// a bearer token: berth has no OAuth2 refresh flow), then username and password, then
+    /// `auth` (base64 of `user:password`).
+    pub fn from_cri(
+        username: &str,
+        password: &str,
+        auth: &str,
+        identity_token: &str,
+        registry_token: &str,
+    ) -> Result<Credentials, ImageError> {
+        if !registry_token.is_empty() {
+            return Ok(Credentials::Bearer(registry_token.to_string()));
+        }
+        if !identity_token.is_empty() {
+            return Ok(Credentials::Bearer(identity_token.to_string()));
+        }
+        if !username.is_empty() {
+            return Ok(Credentials::Basic {
+                username: username.to_string(),
+                password: password.to_string(),
+            });
+        }
+        if !auth.is_empty() {
+            let bad = || ImageError::InvalidArgument("auth is not base64 of user:password".into());
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .map_err(|_| bad())?;
+            let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+            let (username, password) = decoded.split_once(':').ok_or_else(bad)?;
+            return Ok(Credentials::Basic {
+                username: username.to_string(),
+                password: password.to_string(),
+            });
+        }
+        Ok(Credentials::Anonymous)
+    }
+
+    pub fn to_oci(&self) -> oci_client::secrets::RegistryAuth {
+        use oci_client::secrets::RegistryAuth;
+        match self {
+            Credentials::Anonymous => RegistryAuth::Anonymous,
+            Credentials::Basic { username, password } => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
+            Credentials::Bearer(t) => RegistryAuth::Bearer(t.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::Mirror;
+
+    fn config(fallback: bool) -> RegistryConfig {
+        let mut mirrors = BTreeMap::new();
+        mirrors.insert(
+            "registry.k8s.io".to_string(),
+            Mirror {
+                endpoints: vec![
+                    "http://127.0.0.1:5000".into(),
+                    "https://mirror.example/".into(),
+                ],
+                fallback_to_origin: fallback,
+            },
+        );
+        RegistryConfig {
+            insecure: vec!["10.0.0.1:5000".into()],
+            mirrors,
+            ..RegistryConfig::default()
+        }
+    }
+
+    #[test]
+    fn mirrors_come_first_then_the_origin() {
+        let r = ImageRef::parse("registry.k8s.io/e2e-test-images/busybox:1.29-2").unwrap();
+        let eps = endpoints(&config(true), &r);
+        let urls: Vec<_> = eps.iter().map(Endpoint::url).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://127.0.0.1:5000",
+                "https://mirror.example",
+                "https://registry.k8s.io"
+            ]
+        );
+        assert!(eps[0].mirror && eps[1].mirror && !eps[2].mirror);
+        let eps = endpoints(&config(false), &r);
+        assert_eq!(eps.len(), 2, "no fallback to the origin");
+    }
+
+    #[test]
+    fn insecure_hosts_use_http_and_docker_hub_its_api_host() {
+        let r = ImageRef::parse("10.0.0.1:5000/x").unwrap();
+        assert_eq!(
+            endpoints(&config(true), &r)[0].url(),
+            "http://10.0.0.1:5000"
+        );
+        let r = ImageRef::parse("busybox").unwrap();
+        assert_eq!(
+            endpoints(&config(true), &r),
+            [Endpoint {
+                host: "registry-1.docker.io".into(),
+                plain_http: false,
+                mirror: false
+            }]
+        );
+    }
+
+    #[test]
+    fn credentials_from_every_auth_config_form() {
+        assert_eq!(
+            Credentials::from_cri("", "", "", "", "").unwrap(),
+            Credentials::Anonymous
+        );
+        let basic = Credentials::Basic {
+            username: "u".into(),
+            password: "p:q".into(),
+        };
+        assert_eq!(
+            Credentials::from_cri("u", "p:q", "", "", "").unwrap(),
+            basic
+        );
+        assert_eq!(
+            Credentials::from_cri("", "", "dTpwOnE=", "", "").unwrap(),
+            basic
+        );
+        assert_eq!(
+            Credentials::from_cri("u", "p", "", "", "tok").unwrap(),
+            Credentials::Bearer("tok".into())
+        );
+        assert_eq!(
+            Credentials::from_cri("", "", "", "id", "").unwrap(),
+            Credentials::Bearer("id".into())
+        );
+        assert!(Credentials::from_cri("", "", "!!", "", "").is_err());
+        let shown = format!("{basic:?}");
+        assert!(!shown.contains("p:q"), "{shown}");
+    }
+}
