@@ -2,8 +2,10 @@
 //!
 //! - [`conf`]: finding and validating the CNI network configuration berthd uses.
 //! - [`cni`]: running a CNI plugin chain (ADD, DEL, CHECK) with a result cache for DEL.
-//! - `berth-bridge` (binary): berth's own CNI plugin for bridge networks.
+//! - [`bridge`]: berth-bridge, berth's own CNI plugin for bridge networks (the binary is a thin
+//!   wrapper).
 
+pub mod bridge;
 pub mod cni;
 pub mod conf;
 

@@ -1,54 +1,48 @@
-//! berth-bridge: berth's CNI plugin for bridge networks.
-//!
-//! It answers VERSION today. ADD, DEL, CHECK, STATUS and GC report a CNI error until the
-//! bridge, veth, IPAM and NAT parts land, so a runtime never mistakes it for a working plugin.
+//! berth-bridge: berth's CNI plugin for bridge networks. See `berth_netplugin::bridge`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use berth_netplugin::SUPPORTED_CNI_VERSIONS;
-
-/// CNI error code for errors specific to this plugin (the spec reserves 100 and up).
-const ERR_NOT_SUPPORTED_YET: u32 = 100;
-/// CNI error code for invalid environment variables.
-const ERR_INVALID_ENV: u32 = 4;
+use berth_netplugin::bridge::link::IpLinks;
+use berth_netplugin::bridge::nat::Nft;
+use berth_netplugin::bridge::{CniEnv, Plugin, PluginError, code, latest_version};
 
 fn main() -> ExitCode {
-    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
-    let latest = SUPPORTED_CNI_VERSIONS.last().copied().unwrap_or("1.1.0");
-    let (out, code) = match command.as_str() {
-        "VERSION" => (
-            serde_json::json!({"cniVersion": latest, "supportedVersions": SUPPORTED_CNI_VERSIONS}),
-            ExitCode::SUCCESS,
-        ),
-        "ADD" | "DEL" | "CHECK" | "STATUS" | "GC" => (
-            cni_error(
-                latest,
-                ERR_NOT_SUPPORTED_YET,
-                &format!("berth-bridge: {command} is not implemented yet"),
-            ),
+    let env = CniEnv::from_env();
+    let mut stdin = Vec::new();
+    // VERSION may come without any input; every other command parses what is read.
+    if env.command != "VERSION" && std::io::stdin().read_to_end(&mut stdin).is_err() {
+        return print(
+            &PluginError::new(code::IO, "cannot read the network config on stdin")
+                .to_json(latest_version()),
             ExitCode::FAILURE,
-        ),
-        "" => (
-            cni_error(latest, ERR_INVALID_ENV, "CNI_COMMAND is not set"),
-            ExitCode::FAILURE,
-        ),
-        other => (
-            cni_error(
-                latest,
-                ERR_INVALID_ENV,
-                &format!("unknown CNI_COMMAND {other:?}"),
-            ),
-            ExitCode::FAILURE,
-        ),
+        );
+    }
+    let plugin = Plugin {
+        links: IpLinks,
+        nat: Nft,
     };
+    match plugin.run(&env, &stdin) {
+        Ok(Some(out)) => print(&out, ExitCode::SUCCESS),
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            let version = serde_json::from_slice::<serde_json::Value>(&stdin)
+                .ok()
+                .and_then(|v| {
+                    v.get("cniVersion")
+                        .and_then(|v| v.as_str())
+                        .map(String::from)
+                })
+                .unwrap_or_else(|| latest_version().to_string());
+            print(&e.to_json(&version), ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print(v: &serde_json::Value, code: ExitCode) -> ExitCode {
     let mut stdout = std::io::stdout();
-    if writeln!(stdout, "{out}").is_err() {
+    if writeln!(stdout, "{v}").is_err() {
         return ExitCode::FAILURE;
     }
     code
-}
-
-fn cni_error(version: &str, code: u32, msg: &str) -> serde_json::Value {
-    serde_json::json!({"cniVersion": version, "code": code, "msg": msg})
 }
