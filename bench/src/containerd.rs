@@ -1,0 +1,130 @@
+//! Debian's containerd (1.6, CRI plugin) as the reference runtime: started with its own root,
+//! state and sockets under a temporary directory, and a hosts.toml that sends pulls for the
+//! local registry over plain http.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+pub const CONTAINERD: &str = "/usr/bin/containerd";
+
+pub struct Containerd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    crictl: PathBuf,
+}
+
+impl Containerd {
+    /// Starts containerd with registry `host` ("127.0.0.1:PORT") reachable over http.
+    pub fn start(registry_host: &str, crictl: &Path) -> Result<Containerd> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-bench-ctrd-")
+            .tempdir()?;
+        let d = dir.path();
+        let certs = d.join("certs.d").join(registry_host);
+        std::fs::create_dir_all(&certs)?;
+        std::fs::create_dir_all(d.join("net.d"))?;
+        std::fs::write(
+            certs.join("hosts.toml"),
+            format!(
+                "server = \"http://{registry_host}\"\n\n[host.\"http://{registry_host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )?;
+        // restrict_oom_score_adj: this host denies CAP_SYS_RESOURCE (see the README).
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{d}/certs.d"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{d}/net.d"
+    bin_dir = "/usr/lib/cni"
+"#,
+            d = d.display()
+        );
+        std::fs::write(d.join("config.toml"), config)?;
+        let log = std::fs::File::create(d.join("containerd.log"))?;
+        let child = Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting containerd")?;
+        let c = Containerd {
+            child: Some(child),
+            dir,
+            crictl: crictl.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if c.crictl(&["version"])
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+            {
+                return Ok(c);
+            }
+            if Instant::now() > deadline {
+                bail!("containerd not ready after 30 s: {}", c.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn crictl(&self, args: &[&str]) -> Result<Output> {
+        let endpoint = format!("unix://{}/containerd.sock", self.dir.path().display());
+        Ok(Command::new(&self.crictl)
+            .args([
+                "--runtime-endpoint",
+                &endpoint,
+                "--image-endpoint",
+                &endpoint,
+            ])
+            .args(["--timeout", "10m"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    fn log_tail(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = Pid::from_raw(child.id() as i32);
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
