@@ -19,6 +19,9 @@ use crate::cri;
 use crate::images::layers::{LayerStore, OverlayLayers};
 use crate::images::{ImageError, Images};
 use crate::node::{NodeError, NodeInfo};
+use crate::sandbox::linux::{CniNetwork, PinnedNamespaces};
+use crate::sandbox::service::{SandboxDirs, Sandboxes};
+use crate::shims::{ProcessShims, SHIM_BINARY, locate_shim};
 use crate::tasks;
 
 /// The CRI socket's mode: kubelet runs as root; a group may be given access.
@@ -91,6 +94,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
     let config = Arc::new(config);
+    let sandboxes = sandboxes(&config, &node, store.clone()).await;
     let cri = cri::Cri::new(config.clone(), Arc::new(node));
     tracing::info!(socket = %config.socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd ready");
     let shutdown = async move {
@@ -101,7 +105,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     let served = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .add_service(cri::runtime_service(cri))
+        .add_service(cri::runtime_service(cri, sandboxes))
         .add_service(cri::image_service(images))
         .add_service(tasks::service())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
@@ -113,6 +117,44 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     served?;
     tracing::info!("berthd stopped");
     Ok(())
+}
+
+/// The sandbox service on the real namespaces, CNI and shims, with the pods a previous berthd
+/// left recovered (see [`Sandboxes::recover`]).
+async fn sandboxes(config: &Config, node: &NodeInfo, store: Store) -> Arc<Sandboxes> {
+    let shim = locate_shim().unwrap_or_else(|| {
+        tracing::warn!("{SHIM_BINARY} not found next to berthd nor in PATH; pods cannot start");
+        PathBuf::from(SHIM_BINARY)
+    });
+    tracing::info!(shim = %shim.display(), "pod shim");
+    let network = CniNetwork::new(
+        config.network.cni_conf_dir.clone(),
+        config.network.cni_bin_dirs.clone(),
+        config.state.join("cni"),
+    );
+    let sandboxes = Arc::new(Sandboxes::new(
+        store,
+        SandboxDirs::new(config.state.clone()),
+        node.runtimes
+            .iter()
+            .map(|(name, bin)| (name.clone(), bin.path.clone()))
+            .collect(),
+        config.default_runtime.clone(),
+        Arc::new(PinnedNamespaces),
+        Arc::new(network),
+        Arc::new(ProcessShims::new(
+            shim,
+            config.state.clone(),
+            tokio::runtime::Handle::current(),
+        )),
+    ));
+    let recovering = sandboxes.clone();
+    match tokio::task::spawn_blocking(move || recovering.recover()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "recovering pod sandboxes"),
+        Err(e) => tracing::error!(error = %e, "recovering pod sandboxes"),
+    }
+    sandboxes
 }
 
 fn create_dir(path: &Path, mode: u32) -> Result<(), StartError> {

@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::images::ImageError;
+use crate::sandbox::service::SandboxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -21,6 +22,8 @@ pub enum Error {
     Store(#[from] berth_store::StoreError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 impl From<Error> for Status {
@@ -44,6 +47,24 @@ impl From<Error> for Status {
                 | ImageError::Malformed(_)
                 | ImageError::Unsupported(_) => Code::FailedPrecondition,
                 ImageError::Io(_) | ImageError::Store(_) => Code::Internal,
+            },
+            Error::Sandbox(e) => match e {
+                SandboxError::InvalidConfig(_) | SandboxError::UnknownHandler { .. } => {
+                    Code::InvalidArgument
+                }
+                SandboxError::NameInUse { .. } => Code::AlreadyExists,
+                SandboxError::NotFound(_) => Code::NotFound,
+                SandboxError::Ambiguous(_) | SandboxError::NetworkNotReady(_) => {
+                    Code::FailedPrecondition
+                }
+                SandboxError::NetworkSetup { .. }
+                | SandboxError::NetworkTeardown { .. }
+                | SandboxError::Shim(_) => Code::Unknown,
+                SandboxError::Namespace(_)
+                | SandboxError::Io { .. }
+                | SandboxError::Store(_)
+                | SandboxError::CorruptRecord(_)
+                | SandboxError::Task(_) => Code::Internal,
             },
         };
         if code == Code::Internal {
@@ -95,5 +116,42 @@ mod tests {
             s.message()
                 .contains("authentication to registry 127.0.0.1:5000 failed")
         );
+    }
+
+    #[test]
+    fn sandbox_errors_map_to_their_codes() {
+        let cases = [
+            (
+                SandboxError::UnknownHandler {
+                    handler: "kata".into(),
+                    configured: "runc".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                SandboxError::NameInUse {
+                    name: "n".into(),
+                    id: "abc".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (SandboxError::NotFound("abc".into()), Code::NotFound),
+            (
+                SandboxError::NetworkNotReady("no network config".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                SandboxError::NetworkSetup {
+                    id: "abc".into(),
+                    message: "plugin failed".into(),
+                },
+                Code::Unknown,
+            ),
+        ];
+        for (err, code) in cases {
+            let msg = err.to_string();
+            let s = Status::from(Error::from(err));
+            assert_eq!((s.code(), s.message()), (code, msg.as_str()));
+        }
     }
 }

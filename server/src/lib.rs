@@ -12,6 +12,7 @@ pub mod error;
 pub mod images;
 pub mod node;
 pub mod sandbox;
+pub mod shims;
 pub mod tasks;
 
 use std::io::IsTerminal;

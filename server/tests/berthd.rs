@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use berth_proto::cri::image_service_client::ImageServiceClient;
 use berth_proto::cri::runtime_service_client::RuntimeServiceClient;
 use berth_proto::cri::{
-    ListImagesRequest, RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
+    CreateContainerRequest, ListImagesRequest, RunPodSandboxRequest, RuntimeConfigRequest,
+    StatusRequest, VersionRequest,
 };
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
@@ -273,8 +274,18 @@ async fn serves_version_status_and_runtime_config() {
         .run_pod_sandbox(RunPodSandboxRequest::default())
         .await
         .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "no config");
+
+    let err = rt
+        .create_container(CreateContainerRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+    assert!(
+        err.message().contains("CreateContainer"),
+        "{}",
+        err.message()
+    );
 
     let mut images = ImageServiceClient::new(daemon.channel().await);
     let list = images

@@ -10,7 +10,7 @@
 //!   uint32 attempt = 5;  SandboxState state = 6;  int64 created_at_ns = 7;
 //!   map<string, string> labels = 8;  map<string, string> annotations = 9;
 //!   string runtime_handler = 10;  string netns_path = 11;  string log_directory = 12;
-//!   bytes config = 13;
+//!   bytes config = 13;  repeated string ips = 14;  string shim_address = 15;  uint32 shim_pid = 16;
 //! }
 //! enum SandboxState { CREATING = 0; READY = 1; NOT_READY = 2; REMOVING = 3; }
 //!
@@ -149,6 +149,16 @@ pub struct SandboxRecord {
     /// The daemon's encoded CRI config; the store never interprets it.
     #[prost(bytes = "vec", tag = "13")]
     pub config: Vec<u8>,
+    /// The pod's IP addresses from its network setup, the primary one first; empty for a pod
+    /// on the host network or one without network.
+    #[prost(string, repeated, tag = "14")]
+    pub ips: Vec<String>,
+    /// The ttrpc address of the pod's shim (`unix://...`); empty while no shim runs.
+    #[prost(string, tag = "15")]
+    pub shim_address: String,
+    /// The pid of the pod's shim; 0 while no shim runs.
+    #[prost(uint32, tag = "16")]
+    pub shim_pid: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, prost::Enumeration)]
@@ -297,6 +307,9 @@ mod tests {
             netns_path: "/n".into(),
             log_directory: "/l".into(),
             config: vec![1, 2],
+            ips: vec!["10.0.0.2".into(), "fd00::2".into()],
+            shim_address: "unix:///s".into(),
+            shim_pid: 42,
         };
         record.set_state(SandboxState::NotReady);
 
@@ -314,6 +327,10 @@ mod tests {
         bytes_field(11, b"/n", &mut want);
         bytes_field(12, b"/l", &mut want);
         bytes_field(13, &[1, 2], &mut want);
+        bytes_field(14, b"10.0.0.2", &mut want);
+        bytes_field(14, b"fd00::2", &mut want);
+        bytes_field(15, b"unix:///s", &mut want);
+        int_field(16, 42, &mut want);
 
         assert_eq!(record.encode_to_vec(), want);
         assert_eq!(SandboxRecord::decode(want.as_slice()).unwrap(), record);

@@ -8,6 +8,7 @@ mod image_pull;
 mod image_query;
 mod image_remove;
 mod image_service;
+mod pod_sandbox;
 mod runtime_info;
 mod runtime_service;
 
@@ -19,6 +20,7 @@ use berth_proto::cri::runtime_service_server::RuntimeServiceServer;
 use crate::config::Config;
 use crate::images::Images;
 use crate::node::NodeInfo;
+use crate::sandbox::service::Sandboxes;
 
 /// What the CRI handlers need from the daemon, shared by both services.
 pub struct Cri {
@@ -33,8 +35,11 @@ impl Cri {
 }
 
 /// The RuntimeService half, as a tonic service.
-pub fn runtime_service(cri: Arc<Cri>) -> RuntimeServiceServer<CriRuntime> {
-    RuntimeServiceServer::new(CriRuntime(cri))
+pub fn runtime_service(
+    cri: Arc<Cri>,
+    sandboxes: Arc<Sandboxes>,
+) -> RuntimeServiceServer<CriRuntime> {
+    RuntimeServiceServer::new(CriRuntime(cri, sandboxes))
 }
 
 /// The ImageService half, as a tonic service.
@@ -42,5 +47,5 @@ pub fn image_service(images: Arc<Images>) -> ImageServiceServer<CriImages> {
     ImageServiceServer::new(CriImages(images))
 }
 
-pub struct CriRuntime(Arc<Cri>);
+pub struct CriRuntime(Arc<Cri>, Arc<Sandboxes>);
 pub struct CriImages(Arc<Images>);

@@ -24,7 +24,7 @@ use berth_proto::cri::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::CriRuntime;
+use super::{CriRuntime, pod_sandbox};
 use crate::error::Error;
 
 #[tonic::async_trait]
@@ -38,37 +38,42 @@ impl RuntimeService for CriRuntime {
 
     async fn run_pod_sandbox(
         &self,
-        _request: Request<RunPodSandboxRequest>,
+        request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        Err(Error::NotImplemented("RunPodSandbox").into())
+        let resp = pod_sandbox::run(self.1.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _request: Request<StopPodSandboxRequest>,
+        request: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        Err(Error::NotImplemented("StopPodSandbox").into())
+        let resp = pod_sandbox::stop(self.1.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _request: Request<RemovePodSandboxRequest>,
+        request: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        Err(Error::NotImplemented("RemovePodSandbox").into())
+        let resp = pod_sandbox::remove(self.1.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _request: Request<PodSandboxStatusRequest>,
+        request: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        Err(Error::NotImplemented("PodSandboxStatus").into())
+        let resp = pod_sandbox::status(self.1.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn list_pod_sandbox(
         &self,
-        _request: Request<ListPodSandboxRequest>,
+        request: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        Err(Error::NotImplemented("ListPodSandbox").into())
+        let resp = pod_sandbox::list(self.1.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn create_container(

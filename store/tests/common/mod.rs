@@ -29,6 +29,9 @@ pub fn sandbox(id: &str) -> SandboxRecord {
         netns_path: format!("/run/netns/{id}"),
         log_directory: format!("/var/log/pods/{id}"),
         config: vec![0, 1, 2, 255],
+        ips: vec!["10.88.0.5".to_string()],
+        shim_address: format!("unix:///run/berth/shims/{id}/shim.sock"),
+        shim_pid: 4242,
     };
     record.set_state(SandboxState::Ready);
     record

@@ -1,0 +1,306 @@
+//! Per-pod shims: starting `berth-shim` detached, talking to it over ttrpc, and stopping it.
+//!
+//! A shim is started in its own session with stdin on /dev/null, so that neither a signal to
+//! berthd's process group nor berthd's death reaches it. It prints its address on stdout once
+//! it serves (see `shim/src/main.rs`); its stderr goes to `<shim dir>/stderr`, which is quoted
+//! when start-up fails.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use berth_proto::shim::api::ShutdownRequest;
+use berth_proto::shim::shim_async::{Client, TaskClient};
+use berth_proto::shim::ttrpc::context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::runtime::Handle;
+
+use crate::sandbox::service::{ShimError, ShimLauncher, ShimProcess};
+
+/// How long a shim may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a ttrpc call to a shim may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a shim may take to exit after Shutdown before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// The name of the shim binary.
+pub const SHIM_BINARY: &str = "berth-shim";
+
+/// Finds `berth-shim`: next to berthd's own executable first, then in `PATH`.
+pub fn locate_shim() -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(SHIM_BINARY)));
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(std::env::split_paths(&path_var).map(|d| d.join(SHIM_BINARY)))
+        .find(|p| p.is_file())
+}
+
+/// How many leading characters of the pod id name its shim's directory: the socket path in it
+/// must fit a unix socket address (107 bytes), and 128 random bits are as unique as 256.
+const SHIM_DIR_ID_LEN: usize = 32;
+
+/// The shim directory of pod `id`: `<state>/shims/<first 32 characters of id>`.
+pub fn shim_dir(state: &Path, id: &str) -> PathBuf {
+    let short = id.get(..SHIM_DIR_ID_LEN).unwrap_or(id);
+    state.join("shims").join(short)
+}
+
+/// The shims of berthd's pods. Its methods block (the sandbox service is synchronous) and run
+/// the async ttrpc client and process handling on berthd's runtime through `runtime`; call them
+/// from blocking threads (`spawn_blocking`), never from a runtime worker.
+pub struct ProcessShims {
+    binary: PathBuf,
+    /// `<state>`: shims live in `<state>/shims/`, runc keeps state in `<state>/runc`.
+    state: PathBuf,
+    runtime: Handle,
+    clients: Mutex<HashMap<String, TaskClient>>,
+}
+
+impl ProcessShims {
+    pub fn new(binary: PathBuf, state: PathBuf, runtime: Handle) -> ProcessShims {
+        ProcessShims {
+            binary,
+            state,
+            runtime,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        shim_dir(&self.state, id)
+    }
+
+    fn connect(&self, id: &str, address: &str) -> Result<(), ShimError> {
+        let client = self.runtime.block_on(async {
+            tokio::time::timeout(CALL_TIMEOUT, Client::connect(address))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(berth_proto::shim::ttrpc::Error::Others("timed out".into()))
+                })
+        });
+        let client = client.map_err(|e| ShimError::Connect {
+            id: id.to_string(),
+            address: address.to_string(),
+            message: e.to_string(),
+        })?;
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_string(), TaskClient::new(client));
+        Ok(())
+    }
+}
+
+/// Whether `pid` is a live `berth-shim` serving pod `id` (not a recycled pid, not a zombie).
+fn is_shim_of(pid: u32, id: &str) -> bool {
+    let proc_dir = Path::new("/proc").join(pid.to_string());
+    let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let ours = args
+        .windows(2)
+        .any(|w| w[0] == b"--id" && w[1] == id.as_bytes());
+    let zombie = std::fs::read_to_string(proc_dir.join("stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true);
+    ours && !zombie
+}
+
+impl ShimLauncher for ProcessShims {
+    fn start(&self, id: &str, runtime: &Path) -> Result<ShimProcess, ShimError> {
+        let start_err = |message: String| ShimError::Start {
+            id: id.to_string(),
+            message,
+        };
+        let dir = self.dir(id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| start_err(format!("creating {}: {e}", dir.display())))?;
+        let stderr_path = dir.join("stderr");
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| start_err(format!("creating {}: {e}", stderr_path.display())))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--id")
+            .arg(id)
+            .arg("--state-dir")
+            .arg(&dir)
+            .arg("--runtime")
+            .arg(runtime)
+            .arg("--runtime-root")
+            .arg(self.state.join("runc"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent; it is the
+        // only thing run between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(Into::into));
+        }
+        let binary = self.binary.clone();
+        let (pid, address) = self
+            .runtime
+            .block_on(async move {
+                let mut child = cmd
+                    .spawn()
+                    .map_err(|e| format!("running {}: {e}", binary.display()))?;
+                let pid = child.id().unwrap_or(0);
+                let mut line = String::new();
+                if let Some(out) = child.stdout.take() {
+                    let mut out = BufReader::new(out);
+                    let _ = tokio::time::timeout(START_TIMEOUT, out.read_line(&mut line)).await;
+                }
+                let address = line.trim().to_string();
+                if !address.starts_with("unix://") {
+                    let _ = child.kill().await;
+                    return Err(format!(
+                        "{} printed no address within {START_TIMEOUT:?}",
+                        binary.display()
+                    ));
+                }
+                // The shim outlives this call; a task reaps it when it exits so no zombie stays.
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+                Ok((pid, address))
+            })
+            .map_err(|message| {
+                let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                start_err(format!("{message}: {}", stderr.trim()))
+            })?;
+        if let Err(e) = self.connect(id, &address) {
+            let _ = self.stop(id, Some(pid));
+            return Err(e);
+        }
+        Ok(ShimProcess { address, pid })
+    }
+
+    fn alive(&self, id: &str, shim: &ShimProcess) -> bool {
+        shim.pid != 0 && is_shim_of(shim.pid, id)
+    }
+
+    fn reconnect(&self, id: &str, shim: &ShimProcess) -> Result<(), ShimError> {
+        self.connect(id, &shim.address)
+    }
+
+    fn stop(&self, id: &str, pid: Option<u32>) -> Result<(), ShimError> {
+        let client = self
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        let sock = self.dir(id).join("shim.sock");
+        let req = ShutdownRequest {
+            id: id.to_string(),
+            now: true,
+            ..Default::default()
+        };
+        let timeout = i64::try_from(CALL_TIMEOUT.as_nanos()).unwrap_or(i64::MAX);
+        self.runtime.block_on(async {
+            let client = match client {
+                Some(c) => Some(c),
+                None if sock.exists() => {
+                    let address = format!("unix://{}", sock.display());
+                    tokio::time::timeout(CALL_TIMEOUT, Client::connect(&address))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .map(TaskClient::new)
+                }
+                None => None,
+            };
+            if let Some(client) = client {
+                // The shim may exit before its answer arrives; whether it went is checked below.
+                let call = client.shutdown(context::with_timeout(timeout), &req);
+                if let Ok(Err(e)) = tokio::time::timeout(CALL_TIMEOUT, call).await {
+                    tracing::debug!(pod.id = %id, error = %e, "shim shutdown call");
+                }
+            }
+        });
+        let Some(pid) = pid else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + EXIT_GRACE;
+        while is_shim_of(pid, id) {
+            if Instant::now() >= deadline {
+                tracing::warn!(pod.id = %id, shim.pid = pid, "shim lingers after shutdown; killing it");
+                kill(Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(|e| ShimError::Stop {
+                    id: id.to_string(),
+                    message: format!("kill {pid}: {e}"),
+                })?;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn shim_dir_uses_a_short_id() {
+        let id = "a".repeat(64);
+        let dir = shim_dir(Path::new("/run/berth"), &id);
+        assert_eq!(dir, Path::new("/run/berth/shims").join("a".repeat(32)));
+        assert_eq!(
+            shim_dir(Path::new("/s"), "short"),
+            Path::new("/s/shims/short")
+        );
+    }
+
+    #[test]
+    fn a_shim_that_fails_to_start_is_reported_with_its_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("fake-shim");
+        std::fs::write(&fake, "#!/bin/sh\necho 'boom: cannot bind' >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let shims = ProcessShims::new(fake, dir.path().into(), rt.handle().clone());
+        let err = shims
+            .start("pod1", Path::new("/usr/sbin/runc"))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ShimError::Start { .. }), "{msg}");
+        assert!(
+            msg.contains("pod1") && msg.contains("boom: cannot bind"),
+            "{msg}"
+        );
+        // Nothing to stop, and stopping is idempotent.
+        shims.stop("pod1", None).unwrap();
+    }
+
+    #[test]
+    fn only_a_live_shim_of_the_pod_counts_as_alive() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let shims = ProcessShims::new("/x".into(), "/tmp".into(), rt.handle().clone());
+        let me = ShimProcess {
+            address: String::new(),
+            pid: std::process::id(),
+        };
+        assert!(!shims.alive("pod1", &me), "the test process is no shim");
+        assert!(!shims.alive(
+            "pod1",
+            &ShimProcess {
+                address: String::new(),
+                pid: 0
+            }
+        ));
+    }
+}
