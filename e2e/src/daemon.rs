@@ -339,6 +339,7 @@ impl Berthd {
         }
         if let Some(bridge) = &self.options.bridge {
             delete_link(bridge);
+            remove_forward_guard(bridge);
         }
         if let Some(dir) = self.dir.take() {
             let path = dir.path().to_owned();
@@ -409,6 +410,7 @@ fn prepare_files(paths: &BerthdPaths, options: &BerthdOptions) -> Result<()> {
     )
     .with_context(|| format!("write {}", paths.crictl_config.display()))?;
     if let (Some(bridge), Some(subnet)) = (&options.bridge, &options.subnet) {
+        install_forward_guard(bridge, subnet)?;
         let conflist = bridge_conflist(bridge, subnet, &paths.state.join("cni-ipam"));
         let file = paths.cni_conf_dir.join("10-berth-e2e.conflist");
         std::fs::write(&file, serde_json::to_vec_pretty(&conflist)?)
@@ -479,6 +481,47 @@ fn remove_netns_files(dir: &Path) {
             eprintln!("berth-e2e: remove netns {}: {e}", path.display());
         }
     }
+}
+
+/// The nftables table that keeps a test's pods on this machine: forwarded traffic from the
+/// test's subnet to anything outside it is dropped, so no pod in a test reaches past the node.
+fn guard_table(bridge: &str) -> String {
+    format!("berth-e2e-guard-{bridge}")
+}
+
+fn install_forward_guard(bridge: &str, subnet: &str) -> Result<()> {
+    let table = guard_table(bridge);
+    let ruleset = format!(
+        "table ip {table} {{\n  chain forward {{\n    type filter hook forward priority -10; policy accept;\n    ip saddr {subnet} ip daddr != {subnet} drop\n  }}\n}}\n"
+    );
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("run nft")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(ruleset.as_bytes())
+            .context("write nft ruleset")?;
+    }
+    let out = child.wait_with_output().context("wait for nft")?;
+    if !out.status.success() {
+        bail!(
+            "installing the forward guard {table}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn remove_forward_guard(bridge: &str) {
+    let table = guard_table(bridge);
+    let _ = Command::new("nft")
+        .args(["delete", "table", "ip", &table])
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 fn delete_link(name: &str) {

@@ -37,7 +37,17 @@ fn critest_against_berthd() -> Result<()> {
     {
         println!("known issue with {}: {}", known.0, known.1);
     }
-    let berthd = Berthd::start(BerthdOptions::default().mirror_critest_registries(&registry))?;
+    // A bridge network of the run's own (Debian's bridge, host-local, portmap): critest's pods
+    // need addresses, and the harness keeps their traffic on this machine.
+    let pid = std::process::id();
+    let berthd = Berthd::start(
+        BerthdOptions::default()
+            .mirror_critest_registries(&registry)
+            .bridge_network(
+                &format!("bcrit{}", pid % 100_000),
+                &format!("10.217.{}.0/24", pid % 250),
+            ),
+    )?;
 
     let log_path = std::env::temp_dir().join(format!("berth-critest-{}.log", std::process::id()));
     let log = File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
