@@ -1,6 +1,6 @@
 //! Debian's containerd (1.6, CRI plugin) as the reference runtime: started with its own root,
-//! state and sockets under a temporary directory, and a hosts.toml that sends pulls for the
-//! local registry over plain http.
+//! state and sockets under a temporary directory, pulling over plain http from the local
+//! registry, which also serves as the mirror of registry.k8s.io (its sandbox image's home).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,6 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 pub const CONTAINERD: &str = "/usr/bin/containerd";
+const REGISTRY_K8S_IO: &str = "registry.k8s.io";
 
 pub struct Containerd {
     child: Option<Child>,
@@ -19,21 +20,34 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd with registry `host` ("127.0.0.1:PORT") reachable over http.
-    pub fn start(registry_host: &str, crictl: &Path) -> Result<Containerd> {
+    /// Starts containerd; `network` (a CNI conflist) becomes its pod network when given.
+    pub fn start(
+        registry_host: &str,
+        crictl: &Path,
+        network: Option<&serde_json::Value>,
+    ) -> Result<Containerd> {
         let dir = tempfile::Builder::new()
             .prefix("berth-bench-ctrd-")
             .tempdir()?;
         let d = dir.path();
-        let certs = d.join("certs.d").join(registry_host);
-        std::fs::create_dir_all(&certs)?;
         std::fs::create_dir_all(d.join("net.d"))?;
-        std::fs::write(
-            certs.join("hosts.toml"),
-            format!(
-                "server = \"http://{registry_host}\"\n\n[host.\"http://{registry_host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-            ),
-        )?;
+        if let Some(conflist) = network {
+            std::fs::write(d.join("net.d/10-bench.conflist"), conflist.to_string())?;
+        }
+        let local = format!(
+            "[host.\"http://{registry_host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        );
+        for (host, server) in [
+            (registry_host, format!("http://{registry_host}")),
+            (REGISTRY_K8S_IO, format!("https://{REGISTRY_K8S_IO}")),
+        ] {
+            let certs = d.join("certs.d").join(host);
+            std::fs::create_dir_all(&certs)?;
+            std::fs::write(
+                certs.join("hosts.toml"),
+                format!("server = \"{server}\"\n\n{local}"),
+            )?;
+        }
         // restrict_oom_score_adj: this host denies CAP_SYS_RESOURCE (see the README).
         let config = format!(
             r#"version = 2
@@ -46,6 +60,7 @@ state = "{d}/state"
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
   restrict_oom_score_adj = true
+  sandbox_image = "{REGISTRY_K8S_IO}/pause:3.10"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{d}/certs.d"
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -82,6 +97,11 @@ state = "{d}/state"
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Where containerd keeps everything; its shims' command lines name it.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn pid(&self) -> u32 {
@@ -125,6 +145,10 @@ impl Drop for Containerd {
             }
             let _ = kill(pid, Signal::SIGKILL);
             let _ = child.wait();
+        }
+        // Shims (and their pause and container processes) of pods a failed run left behind.
+        for pid in crate::procs::with_descendants(&crate::procs::mentioning(self.dir.path())) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }

@@ -10,15 +10,21 @@
 //! `pull`: wall time of `crictl pull` of an image with 5 layers (about 200 MB uncompressed, gzip)
 //! from a local registry, each run against a fresh daemon with an empty root, so every pull is
 //! cold.
+//!
+//! `pods`: wall time of `crictl runp` (and of `stopp` + `rmp`) with Debian's bridge CNI chain,
+//! medians of `--runs` pods, then the memory a pod costs: the PSS of every process the runtime
+//! keeps per pod (shims, sandbox holders) with `--pods` pods running, divided by their number.
 
 mod containerd;
+mod procs;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use berth_e2e::daemon::{Berthd, BerthdOptions};
+use berth_e2e::daemon::{Berthd, BerthdOptions, ForwardGuard, bridge_conflist};
 use berth_e2e::image::{Compression, Image, ImageConfig, LayerBuilder, Meta, Platform};
 use berth_e2e::registry::Registry;
+use berth_e2e::testimages::push_critest_images;
 use berth_e2e::tools;
 
 use crate::containerd::Containerd;
@@ -26,9 +32,12 @@ use crate::containerd::Containerd;
 /// Uncompressed sizes of the benchmark image's layers, largest first, in MiB (200 in all).
 const LAYER_MIB: [usize; 5] = [80, 50, 40, 20, 10];
 
+const USAGE: &str = "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N]";
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 5usize;
+    let mut pods = 20usize;
     let mut what = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -40,13 +49,22 @@ fn main() -> Result<()> {
                     .parse()
                     .context("--runs needs a number")?;
             }
+            "--pods" => {
+                pods = it
+                    .next()
+                    .context("--pods needs a number")?
+                    .parse()
+                    .context("--pods needs a number")?;
+            }
             "pull" => what = Some("pull"),
-            other => bail!("unknown argument {other:?}; usage: berth-bench pull [--runs N]"),
+            "pods" => what = Some("pods"),
+            other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
     match what {
         Some("pull") => bench_pull(runs.max(1)),
-        _ => bail!("usage: berth-bench pull [--runs N]"),
+        Some("pods") => bench_pods(runs.max(1), pods.max(1)),
+        _ => bail!("{USAGE}"),
     }
 }
 
@@ -137,7 +155,7 @@ fn bench_pull(runs: usize) -> Result<()> {
                 eprintln!("run {run}: berth      {:>8.2} s", t.as_secs_f64());
                 berth.push(t);
             } else {
-                let c = Containerd::start(&registry.host(), &crictl)?;
+                let c = Containerd::start(&registry.host(), &crictl, None)?;
                 let t = timed_pull(|| c.crictl(&["pull", &reference]))?;
                 eprintln!(
                     "run {run}: containerd {:>8.2} s (pid {})",
@@ -160,6 +178,176 @@ fn bench_pull(runs: usize) -> Result<()> {
     println!(
         "berth / containerd = {:.2}",
         b.as_secs_f64() / c.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One runtime under test, driven through crictl.
+trait Runtime {
+    fn name(&self) -> &'static str;
+    fn crictl(&self, args: &[&str]) -> Result<std::process::Output>;
+    /// Every process the runtime keeps for its pods (not the daemon itself).
+    fn pod_processes(&self) -> Vec<i32>;
+}
+
+struct BerthRuntime(Berthd);
+struct ContainerdRuntime(Containerd);
+
+impl Runtime for BerthRuntime {
+    fn name(&self) -> &'static str {
+        "berth"
+    }
+    fn crictl(&self, args: &[&str]) -> Result<std::process::Output> {
+        self.0.crictl(args)
+    }
+    fn pod_processes(&self) -> Vec<i32> {
+        let daemon = self.0.pid() as i32;
+        procs::with_descendants(&procs::mentioning(&self.0.paths().dir))
+            .into_iter()
+            .filter(|&p| p != daemon)
+            .collect()
+    }
+}
+
+impl Runtime for ContainerdRuntime {
+    fn name(&self) -> &'static str {
+        "containerd"
+    }
+    fn crictl(&self, args: &[&str]) -> Result<std::process::Output> {
+        self.0.crictl(args)
+    }
+    fn pod_processes(&self) -> Vec<i32> {
+        let daemon = self.0.pid() as i32;
+        procs::with_descendants(&procs::mentioning(self.0.dir()))
+            .into_iter()
+            .filter(|&p| p != daemon)
+            .collect()
+    }
+}
+
+fn ok(out: std::process::Output, what: &str) -> Result<String> {
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn pod_config(dir: &std::path::Path, name: &str) -> Result<String> {
+    let path = dir.join(format!("{name}.json"));
+    let config = format!(
+        r#"{{"metadata":{{"name":"{name}","namespace":"bench","uid":"uid-{name}","attempt":0}},"log_directory":"{}","linux":{{}}}}"#,
+        dir.join("logs").join(name).display()
+    );
+    std::fs::write(&path, config)?;
+    Ok(path.display().to_string())
+}
+
+fn run_pod(rt: &dyn Runtime, dir: &std::path::Path, name: &str) -> Result<(String, Duration)> {
+    let config = pod_config(dir, name)?;
+    let start = Instant::now();
+    let id = ok(
+        rt.crictl(&["runp", &config])?,
+        &format!("{} runp", rt.name()),
+    )?;
+    Ok((id, start.elapsed()))
+}
+
+fn remove_pod(rt: &dyn Runtime, id: &str) -> Result<Duration> {
+    let start = Instant::now();
+    ok(rt.crictl(&["stopp", id])?, &format!("{} stopp", rt.name()))?;
+    ok(rt.crictl(&["rmp", id])?, &format!("{} rmp", rt.name()))?;
+    Ok(start.elapsed())
+}
+
+fn bench_pods(runs: usize, pods: usize) -> Result<()> {
+    let crictl = tools::crictl()?;
+    let registry = Registry::start()?;
+    push_critest_images(&registry)?;
+    let pid = std::process::id();
+    let work = tempfile::Builder::new()
+        .prefix("berth-bench-pods-")
+        .tempdir()?;
+
+    let berthd = Berthd::start(
+        BerthdOptions::default()
+            .mirror_critest_registries(&registry)
+            .bridge_network(
+                &format!("bbb{}", pid % 100_000),
+                &format!("10.218.{}.0/24", pid % 250),
+            ),
+    )?;
+    let ctrd_bridge = format!("bbc{}", pid % 100_000);
+    let ctrd_subnet = format!("10.219.{}.0/24", pid % 250);
+    let _guard = ForwardGuard::install(&ctrd_bridge, &ctrd_subnet)?;
+    let conflist = bridge_conflist(&ctrd_bridge, &ctrd_subnet, &work.path().join("ctrd-ipam"));
+    let containerd = Containerd::start(&registry.host(), &crictl, Some(&conflist))?;
+    let runtimes: [&dyn Runtime; 2] = [&BerthRuntime(berthd), &ContainerdRuntime(containerd)];
+
+    // Warm-up, untimed: containerd pulls its sandbox image on the first pod.
+    for rt in runtimes {
+        let (id, _) = run_pod(rt, work.path(), &format!("warm-{}", rt.name()))?;
+        remove_pod(rt, &id)?;
+    }
+
+    let mut start_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut stop_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for run in 0..runs {
+        // Alternate who goes first so that neither always runs on a quieter machine.
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let rt = runtimes[i];
+            let (id, t) = run_pod(rt, work.path(), &format!("lat-{}-{run}", rt.name()))?;
+            start_times[i].push(t);
+            stop_times[i].push(remove_pod(rt, &id)?);
+        }
+    }
+
+    let mut pss_per_pod = [0f64; 2];
+    for (i, rt) in runtimes.iter().enumerate() {
+        let mut ids = Vec::new();
+        for n in 0..pods {
+            ids.push(run_pod(*rt, work.path(), &format!("mem-{}-{n}", rt.name()))?.0);
+        }
+        let procs = rt.pod_processes();
+        let total: u64 = procs.iter().map(|&p| procs::pss_kib(p)).sum();
+        pss_per_pod[i] = total as f64 / pods as f64;
+        eprintln!(
+            "{}: {pods} pods, {} processes, {:.1} MiB PSS in all",
+            rt.name(),
+            procs.len(),
+            total as f64 / 1024.0
+        );
+        for id in ids {
+            remove_pod(*rt, &id)?;
+        }
+    }
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (b_run, c_run) = (
+        median(start_times[0].clone()),
+        median(start_times[1].clone()),
+    );
+    let (b_rm, c_rm) = (median(stop_times[0].clone()), median(stop_times[1].clone()));
+    println!(
+        "pod sandboxes, Debian bridge+host-local+portmap, medians of {runs}; crictl start-up included"
+    );
+    println!(
+        "RunPodSandbox        berth {:7.1} ms   containerd {:7.1} ms   ratio {:.2}",
+        ms(b_run),
+        ms(c_run),
+        ms(b_run) / ms(c_run)
+    );
+    println!(
+        "Stop+RemovePodSandbox berth {:6.1} ms   containerd {:7.1} ms   ratio {:.2}",
+        ms(b_rm),
+        ms(c_rm),
+        ms(b_rm) / ms(c_rm)
+    );
+    println!(
+        "memory per pod ({pods} pods, PSS of shims and sandbox holders)   berth {:.0} KiB   containerd {:.0} KiB   ratio {:.2}",
+        pss_per_pod[0],
+        pss_per_pod[1],
+        pss_per_pod[0] / pss_per_pod[1]
     );
     Ok(())
 }

@@ -448,7 +448,7 @@ fn berthd_args(paths: &BerthdPaths, options: &BerthdOptions) -> Vec<OsString> {
 }
 
 /// A bridge network whose IPAM state stays in the test's directory (not /var/lib/cni).
-fn bridge_conflist(bridge: &str, subnet: &str, ipam_dir: &Path) -> serde_json::Value {
+pub fn bridge_conflist(bridge: &str, subnet: &str, ipam_dir: &Path) -> serde_json::Value {
     json!({
         "cniVersion": "1.0.0",
         "name": "berth-e2e",
@@ -487,6 +487,24 @@ fn remove_netns_files(dir: &Path) {
 /// test's subnet to anything outside it is dropped, so no pod in a test reaches past the node.
 fn guard_table(bridge: &str) -> String {
     format!("berth-e2e-guard-{bridge}")
+}
+
+/// A forward guard for a bridge this harness does not manage itself (a benchmark's other
+/// runtime): installed on creation, removed on drop.
+pub struct ForwardGuard(String);
+
+impl ForwardGuard {
+    pub fn install(bridge: &str, subnet: &str) -> Result<ForwardGuard> {
+        install_forward_guard(bridge, subnet)?;
+        Ok(ForwardGuard(bridge.to_owned()))
+    }
+}
+
+impl Drop for ForwardGuard {
+    fn drop(&mut self) {
+        remove_forward_guard(&self.0);
+        delete_link(&self.0);
+    }
 }
 
 fn install_forward_guard(bridge: &str, subnet: &str) -> Result<()> {
