@@ -15,6 +15,8 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use crate::config::Config;
+use crate::containers::service::Containers;
+use crate::containers::tasks::{LinuxMounts, ShimTasks};
 use crate::cri;
 use crate::images::layers::{LayerStore, OverlayLayers};
 use crate::images::{ImageError, Images};
@@ -81,8 +83,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "probed node"
     );
     let store = Store::open(&config.root.join("meta"))?;
-    let snapshots = OverlaySnapshotter::open(config.root.join("snapshots"))?;
-    let layers: Arc<dyn LayerStore> = Arc::new(OverlayLayers(Arc::new(snapshots)));
+    let snapshots = Arc::new(OverlaySnapshotter::open(config.root.join("snapshots"))?);
+    let layers: Arc<dyn LayerStore> = Arc::new(OverlayLayers(snapshots.clone()));
     let images = Images::open(
         &config.root,
         store.clone(),
@@ -94,7 +96,24 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
     let config = Arc::new(config);
-    let sandboxes = sandboxes(&config, &node, store.clone()).await;
+    let (sandboxes, shims) = sandboxes(&config, &node, store.clone()).await;
+    let containers = Arc::new(Containers::new(
+        store.clone(),
+        config.state.clone(),
+        sandboxes.clone(),
+        images.clone(),
+        snapshots,
+        Arc::new(LinuxMounts),
+        Arc::new(ShimTasks::new(shims, tokio::runtime::Handle::current())),
+        node.oom_score_adj_floor,
+        tokio::runtime::Handle::current(),
+    ));
+    let recovering = containers.clone();
+    match tokio::task::spawn_blocking(move || recovering.recover()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "recovering containers"),
+        Err(e) => tracing::error!(error = %e, "recovering containers"),
+    }
     let cri = cri::Cri::new(config.clone(), Arc::new(node));
     tracing::info!(socket = %config.socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd ready");
     let shutdown = async move {
@@ -105,7 +124,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     let served = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .add_service(cri::runtime_service(cri, sandboxes))
+        .add_service(cri::runtime_service(cri, sandboxes, containers))
         .add_service(cri::image_service(images))
         .add_service(tasks::service())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
@@ -121,7 +140,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
 /// The sandbox service on the real namespaces, CNI and shims, with the pods a previous berthd
 /// left recovered (see [`Sandboxes::recover`]).
-async fn sandboxes(config: &Config, node: &NodeInfo, store: Store) -> Arc<Sandboxes> {
+async fn sandboxes(
+    config: &Config,
+    node: &NodeInfo,
+    store: Store,
+) -> (Arc<Sandboxes>, Arc<ProcessShims>) {
     let shim = locate_shim().unwrap_or_else(|| {
         tracing::warn!("{SHIM_BINARY} not found next to berthd nor in PATH; pods cannot start");
         PathBuf::from(SHIM_BINARY)
@@ -132,6 +155,11 @@ async fn sandboxes(config: &Config, node: &NodeInfo, store: Store) -> Arc<Sandbo
         config.network.cni_bin_dirs.clone(),
         config.state.join("cni"),
     );
+    let shims = Arc::new(ProcessShims::new(
+        shim,
+        config.state.clone(),
+        tokio::runtime::Handle::current(),
+    ));
     let sandboxes = Arc::new(Sandboxes::new(
         store,
         SandboxDirs::new(config.state.clone()),
@@ -142,11 +170,7 @@ async fn sandboxes(config: &Config, node: &NodeInfo, store: Store) -> Arc<Sandbo
         config.default_runtime.clone(),
         Arc::new(PinnedNamespaces),
         Arc::new(network),
-        Arc::new(ProcessShims::new(
-            shim,
-            config.state.clone(),
-            tokio::runtime::Handle::current(),
-        )),
+        shims.clone(),
     ));
     let recovering = sandboxes.clone();
     match tokio::task::spawn_blocking(move || recovering.recover()).await {
@@ -154,7 +178,7 @@ async fn sandboxes(config: &Config, node: &NodeInfo, store: Store) -> Arc<Sandbo
         Ok(Err(e)) => tracing::error!(error = %e, "recovering pod sandboxes"),
         Err(e) => tracing::error!(error = %e, "recovering pod sandboxes"),
     }
-    sandboxes
+    (sandboxes, shims)
 }
 
 fn create_dir(path: &Path, mode: u32) -> Result<(), StartError> {

@@ -2,6 +2,8 @@
 
 use tonic::{Code, Status};
 
+use crate::containers::service::ContainerError;
+use crate::containers::spec::SpecError;
 use crate::images::ImageError;
 use crate::sandbox::service::SandboxError;
 
@@ -24,53 +26,88 @@ pub enum Error {
     Image(#[from] ImageError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
 }
 
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let code = match &err {
+            Error::Container(e) => container_code(e),
             Error::NotImplemented(_) => Code::Unimplemented,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Store(_) => Code::Internal,
-            Error::Image(e) => match e {
-                ImageError::InvalidReference { .. } | ImageError::InvalidArgument(_) => {
-                    Code::InvalidArgument
-                }
-                ImageError::NotFound { .. } => Code::NotFound,
-                ImageError::AuthFailed { .. } => Code::Unauthenticated,
-                ImageError::Registry { .. } => Code::Unavailable,
-                ImageError::Stalled { .. } => Code::DeadlineExceeded,
-                ImageError::DigestMismatch { .. }
-                | ImageError::Malformed(_)
-                | ImageError::Unsupported(_) => Code::FailedPrecondition,
-                ImageError::Io(_) | ImageError::Store(_) => Code::Internal,
-            },
-            Error::Sandbox(e) => match e {
-                SandboxError::InvalidConfig(_) | SandboxError::UnknownHandler { .. } => {
-                    Code::InvalidArgument
-                }
-                SandboxError::NameInUse { .. } => Code::AlreadyExists,
-                SandboxError::NotFound(_) => Code::NotFound,
-                SandboxError::Ambiguous(_) | SandboxError::NetworkNotReady(_) => {
-                    Code::FailedPrecondition
-                }
-                SandboxError::NetworkSetup { .. }
-                | SandboxError::NetworkTeardown { .. }
-                | SandboxError::Shim(_) => Code::Unknown,
-                SandboxError::Namespace(_)
-                | SandboxError::Io { .. }
-                | SandboxError::Store(_)
-                | SandboxError::CorruptRecord(_)
-                | SandboxError::Task(_) => Code::Internal,
-            },
+            Error::Image(e) => image_code(e),
+            Error::Sandbox(e) => sandbox_code(e),
         };
         if code == Code::Internal {
             tracing::error!(error = %err, "internal error");
         }
         Status::new(code, err.to_string())
+    }
+}
+
+fn image_code(e: &ImageError) -> Code {
+    match e {
+        ImageError::InvalidReference { .. } | ImageError::InvalidArgument(_) => {
+            Code::InvalidArgument
+        }
+        ImageError::NotFound { .. } => Code::NotFound,
+        ImageError::AuthFailed { .. } => Code::Unauthenticated,
+        ImageError::Registry { .. } => Code::Unavailable,
+        ImageError::Stalled { .. } => Code::DeadlineExceeded,
+        ImageError::DigestMismatch { .. }
+        | ImageError::Malformed(_)
+        | ImageError::Unsupported(_) => Code::FailedPrecondition,
+        ImageError::Io(_) | ImageError::Store(_) => Code::Internal,
+    }
+}
+
+fn sandbox_code(e: &SandboxError) -> Code {
+    match e {
+        SandboxError::InvalidConfig(_) | SandboxError::UnknownHandler { .. } => {
+            Code::InvalidArgument
+        }
+        SandboxError::NameInUse { .. } => Code::AlreadyExists,
+        SandboxError::NotFound(_) => Code::NotFound,
+        SandboxError::Ambiguous(_) | SandboxError::NetworkNotReady(_) => Code::FailedPrecondition,
+        SandboxError::NetworkSetup { .. }
+        | SandboxError::NetworkTeardown { .. }
+        | SandboxError::Shim(_) => Code::Unknown,
+        SandboxError::Namespace(_)
+        | SandboxError::Io { .. }
+        | SandboxError::Store(_)
+        | SandboxError::CorruptRecord(_)
+        | SandboxError::Task(_) => Code::Internal,
+    }
+}
+
+fn container_code(e: &ContainerError) -> Code {
+    match e {
+        ContainerError::InvalidConfig(_) | ContainerError::Spec(SpecError::Build(_)) => {
+            Code::InvalidArgument
+        }
+        ContainerError::Spec(SpecError::Unsupported(_)) => Code::FailedPrecondition,
+        ContainerError::Spec(_) => Code::InvalidArgument,
+        ContainerError::NotFound(_)
+        | ContainerError::PodNotFound(_)
+        | ContainerError::ImageNotFound(_) => Code::NotFound,
+        ContainerError::NameInUse { .. } => Code::AlreadyExists,
+        ContainerError::Ambiguous(_)
+        | ContainerError::PodNotReady(_)
+        | ContainerError::FailedPrecondition(_) => Code::FailedPrecondition,
+        ContainerError::Timeout(_) => Code::DeadlineExceeded,
+        ContainerError::Task { .. } | ContainerError::Rootfs { .. } => Code::Unknown,
+        ContainerError::Image(e) => image_code(e),
+        ContainerError::Sandbox(e) => sandbox_code(e),
+        ContainerError::Snapshot(_)
+        | ContainerError::Io { .. }
+        | ContainerError::Store(_)
+        | ContainerError::CorruptRecord(_)
+        | ContainerError::Join(_) => Code::Internal,
     }
 }
 
@@ -144,6 +181,48 @@ mod tests {
                 SandboxError::NetworkSetup {
                     id: "abc".into(),
                     message: "plugin failed".into(),
+                },
+                Code::Unknown,
+            ),
+        ];
+        for (err, code) in cases {
+            let msg = err.to_string();
+            let s = Status::from(Error::from(err));
+            assert_eq!((s.code(), s.message()), (code, msg.as_str()));
+        }
+    }
+
+    #[test]
+    fn container_errors_map_to_their_codes() {
+        let cases = [
+            (ContainerError::NotFound("c".into()), Code::NotFound),
+            (
+                ContainerError::ImageNotFound("busybox".into()),
+                Code::NotFound,
+            ),
+            (
+                ContainerError::NameInUse {
+                    name: "n".into(),
+                    id: "abc".into(),
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                ContainerError::PodNotReady("p".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                ContainerError::Spec(SpecError::UnknownUser("ghost".into())),
+                Code::InvalidArgument,
+            ),
+            (
+                ContainerError::Timeout(std::time::Duration::from_secs(1)),
+                Code::DeadlineExceeded,
+            ),
+            (
+                ContainerError::Task {
+                    id: "c".into(),
+                    message: "runc create failed: boom".into(),
                 },
                 Code::Unknown,
             ),

@@ -79,6 +79,15 @@ impl ProcessShims {
         shim_dir(&self.state, id)
     }
 
+    /// The task client of pod `id`'s shim, while berthd is connected to it.
+    pub fn client(&self, id: &str) -> Option<TaskClient> {
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
     fn connect(&self, id: &str, address: &str) -> Result<(), ShimError> {
         let client = self.runtime.block_on(async {
             tokio::time::timeout(CALL_TIMEOUT, Client::connect(address))

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use berth_proto::cri::image_service_client::ImageServiceClient;
 use berth_proto::cri::runtime_service_client::RuntimeServiceClient;
 use berth_proto::cri::{
-    CreateContainerRequest, ListImagesRequest, RunPodSandboxRequest, RuntimeConfigRequest,
-    StatusRequest, VersionRequest,
+    ContainerStatsRequest, CreateContainerRequest, ListImagesRequest, RunPodSandboxRequest,
+    RuntimeConfigRequest, StatusRequest, VersionRequest,
 };
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
@@ -280,9 +280,15 @@ async fn serves_version_status_and_runtime_config() {
         .create_container(CreateContainerRequest::default())
         .await
         .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "no config");
+
+    let err = rt
+        .container_stats(ContainerStatsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("CreateContainer"),
+        err.message().contains("ContainerStats"),
         "{}",
         err.message()
     );

@@ -3,6 +3,7 @@
 //!
 //! RPCs whose capability has not landed answer `Unimplemented`, never a fake success.
 
+mod containers;
 mod image_fs_info;
 mod image_pull;
 mod image_query;
@@ -18,6 +19,7 @@ use berth_proto::cri::image_service_server::ImageServiceServer;
 use berth_proto::cri::runtime_service_server::RuntimeServiceServer;
 
 use crate::config::Config;
+use crate::containers::service::Containers;
 use crate::images::Images;
 use crate::node::NodeInfo;
 use crate::sandbox::service::Sandboxes;
@@ -38,8 +40,9 @@ impl Cri {
 pub fn runtime_service(
     cri: Arc<Cri>,
     sandboxes: Arc<Sandboxes>,
+    containers: Arc<Containers>,
 ) -> RuntimeServiceServer<CriRuntime> {
-    RuntimeServiceServer::new(CriRuntime(cri, sandboxes))
+    RuntimeServiceServer::new(CriRuntime(cri, sandboxes, containers))
 }
 
 /// The ImageService half, as a tonic service.
@@ -47,5 +50,5 @@ pub fn image_service(images: Arc<Images>) -> ImageServiceServer<CriImages> {
     ImageServiceServer::new(CriImages(images))
 }
 
-pub struct CriRuntime(Arc<Cri>, Arc<Sandboxes>);
+pub struct CriRuntime(Arc<Cri>, Arc<Sandboxes>, Arc<Containers>);
 pub struct CriImages(Arc<Images>);

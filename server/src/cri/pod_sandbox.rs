@@ -15,6 +15,7 @@ use berth_proto::cri::{
 use berth_store::SandboxState;
 use tracing::Instrument;
 
+use crate::containers::service::Containers;
 use crate::error::Error;
 use crate::sandbox::service::{Sandbox, SandboxError, Sandboxes};
 
@@ -59,10 +60,16 @@ pub(super) async fn run(
 
 pub(super) async fn stop(
     sandboxes: Arc<Sandboxes>,
+    containers: Arc<Containers>,
     req: StopPodSandboxRequest,
 ) -> Result<StopPodSandboxResponse, Error> {
     let id = req.pod_sandbox_id;
     let span = tracing::info_span!("StopPodSandbox", pod.id = %id);
+    let pod = id.clone();
+    tokio::task::spawn_blocking(move || containers.stop_pod(&pod, false))
+        .instrument(span.clone())
+        .await
+        .map_err(|e| SandboxError::Task(e.to_string()))??;
     blocking(move || sandboxes.stop(&id))
         .instrument(span)
         .await?;
@@ -71,10 +78,16 @@ pub(super) async fn stop(
 
 pub(super) async fn remove(
     sandboxes: Arc<Sandboxes>,
+    containers: Arc<Containers>,
     req: RemovePodSandboxRequest,
 ) -> Result<RemovePodSandboxResponse, Error> {
     let id = req.pod_sandbox_id;
     let span = tracing::info_span!("RemovePodSandbox", pod.id = %id);
+    let pod = id.clone();
+    tokio::task::spawn_blocking(move || containers.stop_pod(&pod, true))
+        .instrument(span.clone())
+        .await
+        .map_err(|e| SandboxError::Task(e.to_string()))??;
     blocking(move || sandboxes.remove(&id))
         .instrument(span)
         .await?;

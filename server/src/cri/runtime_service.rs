@@ -24,7 +24,7 @@ use berth_proto::cri::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{CriRuntime, pod_sandbox};
+use super::{CriRuntime, containers, pod_sandbox};
 use crate::error::Error;
 
 #[tonic::async_trait]
@@ -48,7 +48,7 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        let resp = pod_sandbox::stop(self.1.clone(), request.into_inner()).await?;
+        let resp = pod_sandbox::stop(self.1.clone(), self.2.clone(), request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -56,7 +56,8 @@ impl RuntimeService for CriRuntime {
         &self,
         request: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        let resp = pod_sandbox::remove(self.1.clone(), request.into_inner()).await?;
+        let resp =
+            pod_sandbox::remove(self.1.clone(), self.2.clone(), request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -78,65 +79,74 @@ impl RuntimeService for CriRuntime {
 
     async fn create_container(
         &self,
-        _request: Request<CreateContainerRequest>,
+        request: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        Err(Error::NotImplemented("CreateContainer").into())
+        let resp = containers::create(self.2.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn start_container(
         &self,
-        _request: Request<StartContainerRequest>,
+        request: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        Err(Error::NotImplemented("StartContainer").into())
+        let resp = containers::start(self.2.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn stop_container(
         &self,
-        _request: Request<StopContainerRequest>,
+        request: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
-        Err(Error::NotImplemented("StopContainer").into())
+        let resp = containers::stop(self.2.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn remove_container(
         &self,
-        _request: Request<RemoveContainerRequest>,
+        request: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        Err(Error::NotImplemented("RemoveContainer").into())
+        let resp = containers::remove(self.2.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn list_containers(
         &self,
-        _request: Request<ListContainersRequest>,
+        request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        Err(Error::NotImplemented("ListContainers").into())
+        let resp = containers::list(self.2.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn container_status(
         &self,
-        _request: Request<ContainerStatusRequest>,
+        request: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
-        Err(Error::NotImplemented("ContainerStatus").into())
+        let resp = containers::status(self.2.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn update_container_resources(
         &self,
-        _request: Request<UpdateContainerResourcesRequest>,
+        request: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        Err(Error::NotImplemented("UpdateContainerResources").into())
+        let resp = containers::update_resources(self.2.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn reopen_container_log(
         &self,
-        _request: Request<ReopenContainerLogRequest>,
+        request: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        Err(Error::NotImplemented("ReopenContainerLog").into())
+        let resp = containers::reopen_log(self.2.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn exec_sync(
         &self,
-        _request: Request<ExecSyncRequest>,
+        request: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        Err(Error::NotImplemented("ExecSync").into())
+        let resp = containers::exec_sync(self.2.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {

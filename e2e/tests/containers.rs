@@ -1,0 +1,416 @@
+//! Containers through crictl against a real berthd: the critest busybox image from a local
+//! registry, overlay rootfs, runc through berth-shim, CRI logs, exec, stop and removal. Runs as
+//! root; needs berthd and berth-shim side by side in the cargo target dir and the pinned crictl.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
+use berth_e2e::registry::Registry;
+use berth_e2e::testimages::push_critest_images;
+use serde_json::{Value, json};
+
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+fn start(test: u8) -> Result<(Berthd, Registry)> {
+    berthd_binary()?;
+    let registry = Registry::start()?;
+    push_critest_images(&registry)?;
+    let pid = std::process::id();
+    let berthd = Berthd::start(
+        BerthdOptions::default()
+            .mirror_critest_registries(&registry)
+            .bridge_network(
+                &format!("bc{}t{test}", pid % 100_000),
+                &format!("10.{}.{}.0/24", 240 + test, pid % 250),
+            ),
+    )?;
+    berthd.crictl_ok(&["pull", BUSYBOX])?;
+    Ok((berthd, registry))
+}
+
+fn write_json(dir: &Path, name: &str, v: &Value) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_vec(v)?)?;
+    Ok(path)
+}
+
+fn pod_config(dir: &Path, name: &str) -> Result<PathBuf> {
+    write_json(
+        dir,
+        &format!("{name}-pod.json"),
+        &json!({
+            "metadata": {"name": name, "namespace": "e2e", "uid": format!("uid-{name}"), "attempt": 1},
+            "hostname": format!("{name}-host"),
+            "log_directory": dir.join("logs").join(name),
+            "linux": {},
+        }),
+    )
+}
+
+fn container_config(dir: &Path, name: &str, args: &[&str]) -> Result<PathBuf> {
+    write_json(
+        dir,
+        &format!("{name}-ctr.json"),
+        &json!({
+            "metadata": {"name": name},
+            "image": {"image": BUSYBOX},
+            "command": ["/bin/sh", "-c"],
+            "args": args,
+            "envs": [{"key": "GREETING", "value": "hello"}],
+            "labels": {"role": name},
+            "log_path": format!("{name}/0.log"),
+            "linux": {},
+        }),
+    )
+}
+
+fn s(p: &Path) -> Result<&str> {
+    p.to_str().context("utf-8 path")
+}
+
+fn create(berthd: &Berthd, pod: &str, ctr: &Path, pod_cfg: &Path) -> Result<String> {
+    Ok(berthd
+        .crictl_ok(&["create", pod, s(ctr)?, s(pod_cfg)?])?
+        .trim()
+        .to_string())
+}
+
+fn inspect(berthd: &Berthd, id: &str) -> Result<Value> {
+    let out = berthd.crictl_ok(&["inspect", "-o", "json", id])?;
+    serde_json::from_str(&out).with_context(|| format!("crictl inspect printed {out}"))
+}
+
+fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d)))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn container_lifecycle_logs_exec_stop_and_cleanup() -> Result<()> {
+    let (berthd, _registry) = start(1)?;
+    let dir = berthd.paths().dir.clone();
+    let pod_cfg = pod_config(&dir, "app")?;
+    let pod = berthd
+        .crictl_ok(&["runp", s(&pod_cfg)?])?
+        .trim()
+        .to_string();
+
+    // A long-running container that logs, ignores SIGTERM and serves execs.
+    let web_cfg = container_config(
+        &dir,
+        "web",
+        &[
+            "trap '' TERM; echo $GREETING from $(hostname); echo oops >&2; while true; do sleep 1; done",
+        ],
+    )?;
+    let mut times = Vec::new();
+    let mut web = String::new();
+    for attempt in 0..5 {
+        if attempt > 0 {
+            berthd.crictl_ok(&["rm", "-f", &web])?;
+        }
+        let t = Instant::now();
+        web = create(&berthd, &pod, &web_cfg, &pod_cfg)?;
+        berthd.crictl_ok(&["start", &web])?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!("create+start (crictl): {times:?}, median {:?}", times[2]);
+    ensure!(web.len() == 64, "create printed {web:?}");
+
+    let ps = berthd.crictl_json(&["ps", "-a"])?;
+    let listed = ps["containers"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        listed
+            .iter()
+            .any(|c| c["id"] == web.as_str() && c["state"] == "CONTAINER_RUNNING"),
+        "{ps}"
+    );
+    let status = inspect(&berthd, &web)?;
+    ensure!(status["status"]["state"] == "CONTAINER_RUNNING", "{status}");
+    ensure!(status["status"]["labels"]["role"] == "web", "{status}");
+    ensure!(
+        status["status"]["imageRef"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("sha256:")),
+        "{status}"
+    );
+    let log_path = dir.join("logs/app/web/0.log");
+    ensure!(
+        status["status"]["logPath"] == log_path.display().to_string(),
+        "{status}"
+    );
+    ensure!(status["info"]["pid"].as_u64().unwrap_or(0) > 0, "{status}");
+
+    ensure!(
+        wait_for(Duration::from_secs(5), || {
+            berthd
+                .crictl_ok(&["logs", &web])
+                .is_ok_and(|l| l.contains("hello from app-host"))
+        }),
+        "logs: {:?}",
+        berthd.crictl(&["logs", &web])
+    );
+    let raw = std::fs::read_to_string(&log_path)?;
+    ensure!(raw.contains(" stdout F hello from app-host\n"), "{raw}");
+    ensure!(raw.contains(" stderr F oops\n"), "{raw}");
+
+    // exec -s: output, exit codes, a background child holding stdio, a timeout.
+    let out = berthd.crictl_ok(&[
+        "exec",
+        "-s",
+        &web,
+        "sh",
+        "-c",
+        "echo out; cat /etc/hostname",
+    ])?;
+    ensure!(out.contains("out") && out.contains("app-host"), "{out}");
+    let failed = berthd.crictl(&["exec", "-s", &web, "sh", "-c", "exit 7"])?;
+    ensure!(
+        String::from_utf8_lossy(&failed.stderr).contains("exited with 7"),
+        "{failed:?}"
+    );
+    let t = Instant::now();
+    let bg = berthd.crictl_ok(&["exec", "-s", &web, "sh", "-c", "sleep 30 & echo started"])?;
+    ensure!(
+        bg.contains("started") && t.elapsed() < Duration::from_secs(10),
+        "{bg} {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let timed = berthd.crictl(&["exec", "-s", "--timeout", "1", &web, "sleep", "30"])?;
+    ensure!(
+        !timed.status.success() && t.elapsed() < Duration::from_secs(10),
+        "{timed:?}"
+    );
+
+    // ReopenContainerLog: kubelet renames the file, the shim writes a new one.
+    std::fs::rename(&log_path, dir.join("rotated.log"))?;
+    berthd.crictl_ok(&["logs", "--reopen", &web])?;
+    ensure!(
+        log_path.exists(),
+        "the log was not reopened at {}",
+        log_path.display()
+    );
+
+    // A container that exits 3.
+    let bad_cfg = container_config(&dir, "bad", &["echo bye; exit 3"])?;
+    let bad = create(&berthd, &pod, &bad_cfg, &pod_cfg)?;
+    berthd.crictl_ok(&["start", &bad])?;
+    ensure!(
+        wait_for(Duration::from_secs(10), || inspect(&berthd, &bad)
+            .is_ok_and(|s| s["status"]["state"] == "CONTAINER_EXITED")),
+        "{}",
+        inspect(&berthd, &bad)?
+    );
+    let st = inspect(&berthd, &bad)?;
+    ensure!(
+        st["status"]["exitCode"] == 3 && st["status"]["reason"] == "Error",
+        "{st}"
+    );
+    let exec_stopped = berthd.crictl(&["exec", "-s", &bad, "true"])?;
+    ensure!(
+        !exec_stopped.status.success(),
+        "exec in an exited container: {exec_stopped:?}"
+    );
+
+    // The name is taken while the container exists.
+    let dup = berthd.crictl(&["create", &pod, s(&bad_cfg)?, s(&pod_cfg)?])?;
+    ensure!(
+        String::from_utf8_lossy(&dup.stderr).contains(&bad),
+        "{dup:?}"
+    );
+
+    // Stop with a short timeout: SIGTERM is ignored, SIGKILL follows.
+    let t = Instant::now();
+    berthd.crictl_ok(&["stop", "--timeout", "1", &web])?;
+    ensure!(
+        t.elapsed() < Duration::from_secs(8),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    let st = inspect(&berthd, &web)?;
+    ensure!(
+        st["status"]["state"] == "CONTAINER_EXITED" && st["status"]["exitCode"] == 137,
+        "{st}"
+    );
+    berthd.crictl_ok(&["stop", &web])?;
+    berthd.crictl_ok(&["rm", &web])?;
+    ensure!(berthd.crictl(&["inspect", &web])?.status.code() != Some(0));
+
+    // A running container goes with its pod.
+    let last_cfg = container_config(&dir, "last", &["sleep 1000"])?;
+    let last = create(&berthd, &pod, &last_cfg, &pod_cfg)?;
+    berthd.crictl_ok(&["start", &last])?;
+    berthd.crictl_ok(&["stopp", &pod])?;
+    let st = inspect(&berthd, &last)?;
+    ensure!(st["status"]["state"] == "CONTAINER_EXITED", "{st}");
+    berthd.crictl_ok(&["rmp", &pod])?;
+    let ps = berthd.crictl_json(&["ps", "-a"])?;
+    ensure!(
+        ps["containers"].as_array().is_none_or(Vec::is_empty),
+        "{ps}"
+    );
+    let state = berthd.paths().state.clone();
+    ensure!(
+        mounts_under(&state).is_empty(),
+        "{:?}",
+        mounts_under(&state)
+    );
+    let containers = state.join("containers");
+    ensure!(
+        std::fs::read_dir(&containers)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "left in {}",
+        containers.display()
+    );
+    let runc = state.join("runc");
+    ensure!(
+        std::fs::read_dir(&runc).map(|d| d.count()).unwrap_or(0) == 0,
+        "runc state left in {}",
+        runc.display()
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_container_input_is_refused() -> Result<()> {
+    let (berthd, _registry) = start(2)?;
+    let dir = berthd.paths().dir.clone();
+    let pod_cfg = pod_config(&dir, "bad")?;
+    let pod = berthd
+        .crictl_ok(&["runp", s(&pod_cfg)?])?
+        .trim()
+        .to_string();
+
+    let missing = write_json(
+        &dir,
+        "missing.json",
+        &json!({"metadata": {"name": "m"}, "image": {"image": "127.0.0.1:1/none:1"}, "linux": {}}),
+    )?;
+    let out = berthd.crictl(&["create", &pod, s(&missing)?, s(&pod_cfg)?])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("NotFound") && err.contains("pull"), "{err}");
+
+    let escape = write_json(
+        &dir,
+        "escape.json",
+        &json!({"metadata": {"name": "e"}, "image": {"image": BUSYBOX},
+                "command": ["true"], "log_path": "../../escape.log", "linux": {}}),
+    )?;
+    let out = berthd.crictl(&["create", &pod, s(&escape)?, s(&pod_cfg)?])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("InvalidArgument"), "{err}");
+
+    let unknown = berthd.crictl(&["create", "nosuchpod", s(&escape)?, s(&pod_cfg)?])?;
+    ensure!(!unknown.status.success());
+    ensure!(
+        berthd
+            .crictl(&["inspect", "nosuchcontainer"])?
+            .status
+            .code()
+            != Some(0)
+    );
+    berthd.crictl_ok(&["rmp", "-f", &pod])?;
+    Ok(())
+}
+
+#[test]
+fn containers_survive_a_berthd_restart_and_exits_during_it_are_recorded() -> Result<()> {
+    let (mut berthd, _registry) = start(3)?;
+    let dir = berthd.paths().dir.clone();
+    let pod_cfg = pod_config(&dir, "keep")?;
+    let pod = berthd
+        .crictl_ok(&["runp", s(&pod_cfg)?])?
+        .trim()
+        .to_string();
+    let long_cfg = container_config(&dir, "long", &["sleep 1000"])?;
+    let long = create(&berthd, &pod, &long_cfg, &pod_cfg)?;
+    berthd.crictl_ok(&["start", &long])?;
+    let short_cfg = container_config(&dir, "short", &["sleep 2; exit 4"])?;
+    let short = create(&berthd, &pod, &short_cfg, &pod_cfg)?;
+    berthd.crictl_ok(&["start", &short])?;
+
+    berthd.restart()?;
+    let st = inspect(&berthd, &long)?;
+    ensure!(st["status"]["state"] == "CONTAINER_RUNNING", "{st}");
+    ensure!(
+        wait_for(Duration::from_secs(10), || inspect(&berthd, &short)
+            .is_ok_and(|s| s["status"]["state"] == "CONTAINER_EXITED")),
+        "{}",
+        inspect(&berthd, &short)?
+    );
+    let st = inspect(&berthd, &short)?;
+    ensure!(
+        st["status"]["exitCode"] == 4 && st["status"]["reason"] == "Error",
+        "{st}"
+    );
+    let out = berthd.crictl_ok(&["exec", "-s", &long, "echo", "still here"])?;
+    ensure!(out.contains("still here"), "{out}");
+
+    berthd.crictl_ok(&["rmp", "-f", &pod])?;
+    let state = berthd.paths().state.clone();
+    ensure!(
+        mounts_under(&state).is_empty(),
+        "{:?}",
+        mounts_under(&state)
+    );
+    Ok(())
+}
+
+#[test]
+fn an_oom_killed_container_is_reported_oomkilled() -> Result<()> {
+    let (berthd, _registry) = start(4)?;
+    let dir = berthd.paths().dir.clone();
+    let pod_cfg = pod_config(&dir, "oom")?;
+    let pod = berthd
+        .crictl_ok(&["runp", s(&pod_cfg)?])?
+        .trim()
+        .to_string();
+    let cfg = write_json(
+        &dir,
+        "hog.json",
+        &json!({
+            "metadata": {"name": "hog"},
+            "image": {"image": BUSYBOX},
+            "command": ["/bin/sh", "-c", "head -c 200m /dev/zero | tail"],
+            "log_path": "hog/0.log",
+            "linux": {"resources": {
+                "memory_limit_in_bytes": 16 << 20,
+                "memory_swap_limit_in_bytes": 16 << 20,
+            }},
+        }),
+    )?;
+    let id = create(&berthd, &pod, &cfg, &pod_cfg)?;
+    berthd.crictl_ok(&["start", &id])?;
+    ensure!(
+        wait_for(Duration::from_secs(20), || inspect(&berthd, &id)
+            .is_ok_and(|s| s["status"]["state"] == "CONTAINER_EXITED")),
+        "{}",
+        inspect(&berthd, &id)?
+    );
+    let st = inspect(&berthd, &id)?;
+    ensure!(st["status"]["reason"] == "OOMKilled", "{st}");
+    berthd.crictl_ok(&["rmp", "-f", &pod])?;
+    Ok(())
+}
