@@ -545,7 +545,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         annotations.insert(k.to_string(), v.to_string());
     }
 
-    Ok(SpecBuilder::default()
+    let mut spec = SpecBuilder::default()
         .version("1.0.2-dev")
         .process(process)
         .root(
@@ -554,11 +554,20 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
                 .readonly(sc.readonly_rootfs)
                 .build()?,
         )
-        .hostname(input.pod.hostname.clone())
         .mounts(mounts)
         .annotations(annotations)
         .linux(linux)
-        .build()?)
+        .build()?;
+    // A hostname can only be set in a UTS namespace of the pod's own; runc refuses it in the
+    // host's (host-network pods). Set either way: oci-spec's default spec carries one.
+    spec.set_hostname(
+        input
+            .pod
+            .uts_ns
+            .as_ref()
+            .map(|_| input.pod.hostname.clone()),
+    );
+    Ok(spec)
 }
 
 #[cfg(test)]

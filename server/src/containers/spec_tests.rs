@@ -182,6 +182,11 @@ fn spec_joins_pod_namespaces_and_gets_own_pid_and_mount() {
         linux.cgroups_path().as_deref(),
         Some(Path::new("/kubepods/pod1/ctr1"))
     );
+    assert_eq!(
+        spec.hostname(),
+        &None,
+        "no hostname in the host's UTS namespace: runc refuses it"
+    );
 
     let target = with_security(LinuxContainerSecurityContext {
         namespace_options: Some(NamespaceOption {

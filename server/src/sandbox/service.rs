@@ -408,8 +408,10 @@ impl Sandboxes {
         progress: &mut Progress,
     ) -> Result<(), SandboxError> {
         let id = record.id.clone();
+        // No hostname asked for: the node's, as containerd does (a pod name may also be too
+        // long for sethostname(2), which takes at most 64 bytes).
         let hostname = if config.hostname.is_empty() {
-            record.name.clone()
+            node_hostname()
         } else {
             config.hostname.clone()
         };
@@ -463,12 +465,7 @@ impl Sandboxes {
         let hostname_file = if own.net {
             format!("{hostname}\n")
         } else {
-            format!(
-                "{}\n",
-                nix::unistd::gethostname()
-                    .map(|h| h.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            )
+            format!("{}\n", node_hostname())
         };
         write_file(&dir.join("hostname"), hostname_file.as_bytes())?;
         let hosts = if own.net {
@@ -727,6 +724,12 @@ impl Sandboxes {
 
 fn non_zero(pid: u32) -> Option<u32> {
     (pid != 0).then_some(pid)
+}
+
+fn node_hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn hosts_file(hostname: &str, ip: Option<&IpAddr>) -> Vec<u8> {

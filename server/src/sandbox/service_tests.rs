@@ -290,13 +290,14 @@ fn run_makes_a_ready_pod_with_namespaces_files_network_and_shim() {
 }
 
 #[test]
-fn without_dns_config_the_host_resolv_conf_is_used_and_hostname_is_the_pod_name() {
+fn without_dns_config_the_host_resolv_conf_is_used_and_hostname_is_the_nodes() {
     let f = fixture();
     let id = f.svc.run(config("db"), "runc").unwrap();
     let sandbox = f.state().join("sandboxes").join(&id);
     let read = |name: &str| std::fs::read_to_string(sandbox.join(name)).unwrap();
     assert_eq!(read("resolv.conf"), "nameserver 192.0.2.53\n");
-    assert_eq!(read("hostname"), "db\n");
+    let node = nix::unistd::gethostname().unwrap();
+    assert_eq!(read("hostname"), format!("{}\n", node.to_string_lossy()));
 }
 
 #[test]
