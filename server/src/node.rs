@@ -135,11 +135,12 @@ impl NodeInfo {
             runtimes,
         })
     }
+}
 
-    /// The oom_score_adj a process may actually be given when `requested` is asked for.
-    pub fn clamp_oom_score_adj(&self, requested: i32) -> i32 {
-        requested.clamp(self.oom_score_adj_floor, 1000)
-    }
+/// The oom_score_adj a process may actually be given when `requested` is asked for, with
+/// berthd's own value as `floor` ([`NodeInfo::oom_score_adj_floor`]).
+pub fn clamp_oom_score_adj(requested: i32, floor: i32) -> i32 {
+    requested.clamp(floor, 1000)
 }
 
 fn read(path: &'static str) -> Result<String, NodeError> {
@@ -238,14 +239,9 @@ mod tests {
 
     #[test]
     fn oom_score_adj_is_clamped_to_own_value() {
-        let node = NodeInfo {
-            cgroup_version: CgroupVersion::V1,
-            oom_score_adj_floor: -500,
-            runtimes: BTreeMap::new(),
-        };
-        assert_eq!(node.clamp_oom_score_adj(-998), -500);
-        assert_eq!(node.clamp_oom_score_adj(-100), -100);
-        assert_eq!(node.clamp_oom_score_adj(1500), 1000);
+        assert_eq!(clamp_oom_score_adj(-998, -500), -500);
+        assert_eq!(clamp_oom_score_adj(-100, -500), -100);
+        assert_eq!(clamp_oom_score_adj(1500, -500), 1000);
     }
 
     #[test]

@@ -370,9 +370,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         input.group,
     )?;
     let resources = linux_config.resources.clone().unwrap_or_default();
-    let oom = i32::try_from(resources.oom_score_adj)
-        .unwrap_or(0)
-        .clamp(input.oom_score_adj_floor, 1000);
+    let oom = crate::node::clamp_oom_score_adj(
+        i32::try_from(resources.oom_score_adj).unwrap_or(0),
+        input.oom_score_adj_floor,
+    );
 
     let mut caps: Vec<Capability> = DEFAULT_CAPABILITIES.to_vec();
     if let Some(c) = &sc.capabilities {
