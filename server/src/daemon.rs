@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
+use crate::cgroups::CgroupFs;
 use crate::config::Config;
 use crate::containers::service::Containers;
 use crate::containers::tasks::{LinuxMounts, ShimTasks};
@@ -155,6 +156,10 @@ async fn sandboxes(
         config.network.cni_bin_dirs.clone(),
         config.state.join("cni"),
     );
+    let cgroups = CgroupFs::probe().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "reading cgroup mounts; pod cgroups will not be removed");
+        CgroupFs::from_mountinfo("")
+    });
     let shims = Arc::new(ProcessShims::new(
         shim,
         config.state.clone(),
@@ -171,6 +176,7 @@ async fn sandboxes(
         Arc::new(PinnedNamespaces),
         Arc::new(network),
         shims.clone(),
+        Arc::new(cgroups),
     ));
     let recovering = sandboxes.clone();
     match tokio::task::spawn_blocking(move || recovering.recover()).await {

@@ -73,7 +73,9 @@ fn sandbox_code(e: &SandboxError) -> Code {
         }
         SandboxError::NameInUse { .. } => Code::AlreadyExists,
         SandboxError::NotFound(_) => Code::NotFound,
-        SandboxError::Ambiguous(_) | SandboxError::NetworkNotReady(_) => Code::FailedPrecondition,
+        SandboxError::Ambiguous(_) | SandboxError::NetworkNotReady(_) | SandboxError::Cgroup(_) => {
+            Code::FailedPrecondition
+        }
         SandboxError::NetworkSetup { .. }
         | SandboxError::NetworkTeardown { .. }
         | SandboxError::Shim(_) => Code::Unknown,

@@ -4,6 +4,7 @@
 //! Wiring lives in [`daemon`]; [`cri`] translates CRI requests; [`config`] and [`cli`] define
 //! the configuration; [`node`] holds facts probed from the host at start.
 
+pub mod cgroups;
 pub mod cli;
 pub mod config;
 pub mod containers;
@@ -12,6 +13,7 @@ pub mod daemon;
 pub mod error;
 pub mod images;
 pub mod node;
+pub mod parallel;
 pub mod sandbox;
 pub mod shims;
 pub mod tasks;

@@ -54,6 +54,11 @@ pub fn shim_dir(state: &Path, id: &str) -> PathBuf {
     state.join("shims").join(short)
 }
 
+/// The file in a shim's directory naming the OCI runtime binary it drives.
+const RUNTIME_FILE: &str = "runtime";
+/// How long the OCI runtime may take to force-delete a container whose shim is gone.
+const ORPHAN_DELETE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The shims of berthd's pods. Its methods block (the sandbox service is synchronous) and run
 /// the async ttrpc client and process handling on berthd's runtime through `runtime`; call them
 /// from blocking threads (`spawn_blocking`), never from a runtime worker.
@@ -86,6 +91,48 @@ impl ProcessShims {
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
             .cloned()
+    }
+
+    /// Deletes container `container` of pod `id` with the pod's OCI runtime directly
+    /// (`delete --force`: kills its processes, removes its cgroup and runtime state), for when
+    /// the pod's shim is gone and cannot do it. A container the runtime does not know is fine.
+    pub fn delete_orphan(&self, id: &str, container: &str) -> Result<(), String> {
+        let runtime_file = self.dir(id).join(RUNTIME_FILE);
+        let runtime = match std::fs::read(&runtime_file) {
+            Ok(bytes) => PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()),
+            // No shim was ever started for the pod, so no container either.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("reading {}: {e}", runtime_file.display())),
+        };
+        let root = self.state.join("runc");
+        let mut cmd = Command::new(&runtime);
+        cmd.arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", container])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let output = self
+            .runtime
+            .block_on(async { tokio::time::timeout(ORPHAN_DELETE_TIMEOUT, cmd.output()).await });
+        let output = match output {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return Err(format!("running {}: {e}", runtime.display())),
+            Err(_) => {
+                return Err(format!(
+                    "{} delete {container} took more than {ORPHAN_DELETE_TIMEOUT:?}",
+                    runtime.display()
+                ));
+            }
+        };
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() || stderr.contains("does not exist") {
+            return Ok(());
+        }
+        Err(format!(
+            "{} delete --force {container}: {}",
+            runtime.display(),
+            stderr.trim()
+        ))
     }
 
     fn connect(&self, id: &str, address: &str) -> Result<(), ShimError> {
@@ -138,6 +185,10 @@ impl ShimLauncher for ProcessShims {
         let dir = self.dir(id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| start_err(format!("creating {}: {e}", dir.display())))?;
+        // Read back when the shim is gone and its containers must be deleted without it.
+        let runtime_file = dir.join(RUNTIME_FILE);
+        std::fs::write(&runtime_file, runtime.as_os_str().as_encoded_bytes())
+            .map_err(|e| start_err(format!("writing {}: {e}", runtime_file.display())))?;
         let stderr_path = dir.join("stderr");
         let stderr = std::fs::File::create(&stderr_path)
             .map_err(|e| start_err(format!("creating {}: {e}", stderr_path.display())))?;

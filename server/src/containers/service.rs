@@ -744,9 +744,9 @@ impl Containers {
     /// exit; gone with its shim: exited with a reason, its rootfs unmounted). Errors are logged
     /// per container, never fatal.
     pub fn recover(self: &Arc<Self>) -> Result<(), ContainerError> {
+        let mut live = Vec::new();
         for record in self.store.list::<ContainerRecord>()? {
             let id = record.id.clone();
-            let pod = record.sandbox_id.clone();
             let result = match record.state() {
                 ContainerState::Creating => {
                     tracing::info!(container.id = %id, "rolling back a container left in creation");
@@ -760,38 +760,8 @@ impl Containers {
                 }
                 ContainerState::Removing => self.remove_record(record),
                 ContainerState::Created | ContainerState::Running => {
-                    match self.tasks.state(&pod, &id, "") {
-                        Ok(TaskState {
-                            exit: Some(exit), ..
-                        }) => {
-                            self.record_exit(&pod, &id, exit);
-                            Ok(())
-                        }
-                        Ok(_) => {
-                            if record.state() == ContainerState::Running {
-                                self.monitor(&pod, &id);
-                            }
-                            Ok(())
-                        }
-                        Err(e) => {
-                            tracing::warn!(container.id = %id, error = %e, "container's task is gone");
-                            self.update(&id, |r| {
-                                r.set_state(ContainerState::Exited);
-                                r.finished_at_ns = now_ns();
-                                r.exit_code = 255;
-                                r.reason = "Unknown".into();
-                                r.message = format!("the container's shim is gone: {e}");
-                            })
-                            .and_then(|_| {
-                                self.mounts.unmount(&self.dir(&id).join("rootfs")).map_err(
-                                    |message| ContainerError::Rootfs {
-                                        id: id.clone(),
-                                        message,
-                                    },
-                                )
-                            })
-                        }
-                    }
+                    live.push(record);
+                    Ok(())
                 }
                 ContainerState::Exited | ContainerState::Unknown => Ok(()),
             };
@@ -799,7 +769,52 @@ impl Containers {
                 tracing::error!(container.id = %id, error = %e, "recovering container");
             }
         }
+        crate::parallel::for_each(&live, crate::parallel::RECOVERY_WORKERS, |record| {
+            if let Err(e) = self.reconcile(record) {
+                tracing::error!(container.id = %record.id, error = %e, "recovering container");
+            }
+        });
         Ok(())
+    }
+
+    /// Brings a created or running container's record in line with what its shim knows.
+    fn reconcile(self: &Arc<Self>, record: &ContainerRecord) -> Result<(), ContainerError> {
+        let (pod, id) = (&record.sandbox_id, &record.id);
+        match self.tasks.state(pod, id, "") {
+            Ok(TaskState {
+                exit: Some(exit), ..
+            }) => {
+                self.record_exit(pod, id, exit);
+                Ok(())
+            }
+            Ok(_) => {
+                if record.state() == ContainerState::Running {
+                    self.monitor(pod, id);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(container.id = %id, error = %e, "container's task is gone");
+                // Without its shim the container's processes may still run, reparented:
+                // delete it with the runtime so that they and its cgroup go.
+                if let Err(e) = self.tasks.delete(pod, id, "") {
+                    tracing::warn!(container.id = %id, error = %e, "deleting an orphaned container");
+                }
+                self.update(id, |r| {
+                    r.set_state(ContainerState::Exited);
+                    r.finished_at_ns = now_ns();
+                    r.exit_code = 255;
+                    r.reason = "Unknown".into();
+                    r.message = format!("the container's shim is gone: {e}");
+                })?;
+                self.mounts
+                    .unmount(&self.dir(id).join("rootfs"))
+                    .map_err(|message| ContainerError::Rootfs {
+                        id: id.clone(),
+                        message,
+                    })
+            }
+        }
     }
 
     /// ContainerStatus: the container, or NotFound.

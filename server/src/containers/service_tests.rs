@@ -12,8 +12,8 @@ use crate::config::RegistryConfig;
 use crate::containers::tasks::{TaskState, WaitFuture};
 use crate::sandbox::namespaces::NamespaceError;
 use crate::sandbox::service::{
-    NamespacePinner, NetworkAttachment, NetworkError, PodNetwork, ShimError, ShimLauncher,
-    ShimProcess,
+    NamespacePinner, NetworkAttachment, NetworkError, PodCgroups, PodNetwork, ShimError,
+    ShimLauncher, ShimProcess,
 };
 
 struct NoNs;
@@ -34,6 +34,12 @@ impl PodNetwork for NoNet {
         Ok(Vec::new())
     }
     fn teardown(&self, _: &NetworkAttachment) -> Result<(), NetworkError> {
+        Ok(())
+    }
+}
+struct NoCgroups;
+impl PodCgroups for NoCgroups {
+    fn remove(&self, _: &str) -> Result<(), String> {
         Ok(())
     }
 }
@@ -257,6 +263,7 @@ fn fixture() -> Fixture {
         Arc::new(NoNs),
         Arc::new(NoNet),
         Arc::new(NoShims),
+        Arc::new(NoCgroups),
     ));
     let images = Images::open(
         &dir.path().join("root"),

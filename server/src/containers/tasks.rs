@@ -217,6 +217,11 @@ impl Tasks for ShimTasks {
     }
 
     fn delete(&self, pod: &str, id: &str, exec_id: &str) -> Result<(), TaskError> {
+        if exec_id.is_empty() && self.shims.client(pod).is_none() {
+            // The shim is gone but the container may not be: its processes were reparented,
+            // and its cgroup and runtime state stay until someone deletes them.
+            return self.shims.delete_orphan(pod, id).map_err(TaskError::Failed);
+        }
         let req = DeleteRequest {
             id: id.to_string(),
             exec_id: exec_id.to_string(),

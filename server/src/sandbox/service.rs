@@ -103,6 +103,13 @@ pub enum ShimError {
     Stop { id: String, message: String },
 }
 
+/// The pod's own cgroup: the parent of its containers' cgroups when kubelet names none. The
+/// OCI runtime creates it with the first container; it goes with the pod.
+pub trait PodCgroups: Send + Sync {
+    /// Removes the pod's default cgroup; one that does not exist is fine.
+    fn remove(&self, pod_id: &str) -> Result<(), String>;
+}
+
 /// Starts, reconnects to and stops per-pod shims (`berth-shim`).
 pub trait ShimLauncher: Send + Sync {
     /// Starts the pod's shim with the OCI runtime `runtime` and connects to it.
@@ -147,6 +154,8 @@ pub enum SandboxError {
     Store(#[from] StoreError),
     #[error("corrupt config in the record of pod {0}")]
     CorruptRecord(String),
+    #[error("{0}")]
+    Cgroup(String),
     #[error("sandbox task failed: {0}")]
     Task(String),
 }
@@ -205,6 +214,7 @@ pub struct Sandboxes {
     ns: Arc<dyn NamespacePinner>,
     net: Arc<dyn PodNetwork>,
     shims: Arc<dyn ShimLauncher>,
+    cgroups: Arc<dyn PodCgroups>,
     /// Held while a name is checked and reserved by writing the record.
     names: Mutex<()>,
     /// One lock per pod id: run, stop and remove of one pod never interleave.
@@ -273,6 +283,7 @@ struct Progress {
 }
 
 impl Sandboxes {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         dirs: SandboxDirs,
@@ -281,6 +292,7 @@ impl Sandboxes {
         ns: Arc<dyn NamespacePinner>,
         net: Arc<dyn PodNetwork>,
         shims: Arc<dyn ShimLauncher>,
+        cgroups: Arc<dyn PodCgroups>,
     ) -> Sandboxes {
         Sandboxes {
             store,
@@ -290,6 +302,7 @@ impl Sandboxes {
             ns,
             net,
             shims,
+            cgroups,
             names: Mutex::new(()),
             pods: Mutex::new(HashMap::new()),
         }
@@ -553,6 +566,7 @@ impl Sandboxes {
     }
 
     fn remove_files(&self, id: &str) -> Result<(), SandboxError> {
+        self.cgroups.remove(id).map_err(SandboxError::Cgroup)?;
         for ns in [Namespace::Net, Namespace::Ipc, Namespace::Uts] {
             self.ns.remove(&self.dirs.ns(id, ns))?;
         }
@@ -689,9 +703,11 @@ impl Sandboxes {
     }
 
     /// At start: rolls back runs a crash interrupted, finishes interrupted removals, and
-    /// reconnects to the shims of Ready pods. A Ready pod whose shim died stays listed (Stop
-    /// and Remove still work on it). Errors are logged per pod, never fatal.
+    /// reconnects to the shims of Ready pods, several at a time so that a hung shim costs one
+    /// timeout, not one per pod. A Ready pod whose shim died stays listed (Stop and Remove
+    /// still work on it). Errors are logged per pod, never fatal.
     pub fn recover(&self) -> Result<(), SandboxError> {
+        let mut ready = Vec::new();
         for record in self.store.list::<SandboxRecord>()? {
             let id = record.id.clone();
             let result = match record.state() {
@@ -701,16 +717,8 @@ impl Sandboxes {
                 }
                 SandboxState::Removing => self.remove_locked(record),
                 SandboxState::Ready => {
-                    let shim = ShimProcess {
-                        address: record.shim_address.clone(),
-                        pid: record.shim_pid,
-                    };
-                    if self.shims.alive(&id, &shim) {
-                        self.shims.reconnect(&id, &shim).map_err(SandboxError::from)
-                    } else {
-                        tracing::warn!(pod.id = %id, shim.pid = shim.pid, "shim of a ready pod is gone");
-                        Ok(())
-                    }
+                    ready.push(record);
+                    Ok(())
                 }
                 SandboxState::NotReady => Ok(()),
             };
@@ -718,6 +726,18 @@ impl Sandboxes {
                 tracing::error!(pod.id = %id, error = %e, "recovering pod sandbox");
             }
         }
+        crate::parallel::for_each(&ready, crate::parallel::RECOVERY_WORKERS, |record| {
+            let id = &record.id;
+            let shim = ShimProcess {
+                address: record.shim_address.clone(),
+                pid: record.shim_pid,
+            };
+            if !self.shims.alive(id, &shim) {
+                tracing::warn!(pod.id = %id, shim.pid = shim.pid, "shim of a ready pod is gone");
+            } else if let Err(e) = self.shims.reconnect(id, &shim) {
+                tracing::error!(pod.id = %id, error = %e, "reconnecting to the pod's shim");
+            }
+        });
         Ok(())
     }
 }

@@ -126,12 +126,30 @@ impl ShimLauncher for FakeShims {
     }
 }
 
+/// Records the pod cgroups removed; pods in `busy` still hold processes.
+#[derive(Default)]
+struct FakeCgroups {
+    removed: Mutex<Vec<String>>,
+    busy: Mutex<BTreeSet<String>>,
+}
+
+impl PodCgroups for FakeCgroups {
+    fn remove(&self, pod_id: &str) -> Result<(), String> {
+        if self.busy.lock().unwrap().contains(pod_id) {
+            return Err(format!("removing cgroup berth/{pod_id}: busy"));
+        }
+        self.removed.lock().unwrap().push(pod_id.to_string());
+        Ok(())
+    }
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     store: Store,
     ns: Arc<FakeNs>,
     net: Arc<FakeNet>,
     shims: Arc<FakeShims>,
+    cgroups: Arc<FakeCgroups>,
     svc: Sandboxes,
 }
 
@@ -141,15 +159,17 @@ fn fixture() -> Fixture {
     let ns = Arc::new(FakeNs::default());
     let net = Arc::new(FakeNet::default());
     let shims = Arc::new(FakeShims::default());
+    let cgroups = Arc::new(FakeCgroups::default());
     std::fs::write(dir.path().join("host-resolv"), "nameserver 192.0.2.53\n").unwrap();
     std::fs::write(dir.path().join("host-hosts"), "127.0.0.1 localhost host\n").unwrap();
-    let svc = service(dir.path(), &store, &ns, &net, &shims);
+    let svc = service(dir.path(), &store, &ns, &net, &shims, &cgroups);
     Fixture {
         dir,
         store,
         ns,
         net,
         shims,
+        cgroups,
         svc,
     }
 }
@@ -160,6 +180,7 @@ fn service(
     ns: &Arc<FakeNs>,
     net: &Arc<FakeNet>,
     shims: &Arc<FakeShims>,
+    cgroups: &Arc<FakeCgroups>,
 ) -> Sandboxes {
     let mut dirs = SandboxDirs::new(dir.join("state"));
     dirs.host_resolv_conf = dir.join("host-resolv");
@@ -174,6 +195,7 @@ fn service(
         ns.clone(),
         net.clone(),
         shims.clone(),
+        cgroups.clone(),
     )
 }
 
@@ -423,6 +445,22 @@ fn remove_of_a_ready_pod_stops_it_first() {
     let id = f.svc.run(config("web"), "").unwrap();
     f.svc.remove(&id).unwrap();
     f.assert_nothing_left();
+    assert_eq!(*f.cgroups.removed.lock().unwrap(), [id]);
+}
+
+#[test]
+fn a_pod_whose_cgroup_still_holds_processes_is_not_forgotten() {
+    let f = fixture();
+    let id = f.svc.run(config("web"), "").unwrap();
+    f.cgroups.busy.lock().unwrap().insert(id.clone());
+    let err = f.svc.remove(&id).unwrap_err();
+    assert!(matches!(err, SandboxError::Cgroup(_)), "{err}");
+    assert!(err.to_string().contains("busy"), "{err}");
+    // Still listed, so that kubelet retries the removal, which then completes.
+    assert!(f.svc.status(&id).is_ok());
+    f.cgroups.busy.lock().unwrap().clear();
+    f.svc.remove(&id).unwrap();
+    f.assert_nothing_left();
 }
 
 #[test]
@@ -455,7 +493,7 @@ fn restart_rolls_back_a_creating_record_and_reconnects_ready_pods() {
     f.shims.start(&id, Path::new("/r")).unwrap();
 
     // A new berthd on the same store and host.
-    let svc = service(f.dir.path(), &f.store, &f.ns, &f.net, &f.shims);
+    let svc = service(f.dir.path(), &f.store, &f.ns, &f.net, &f.shims, &f.cgroups);
     svc.recover().unwrap();
     assert!(f.store.get::<SandboxRecord>(&id).unwrap().is_none());
     assert!(!f.net.attached.lock().unwrap().contains_key(&id));
@@ -522,7 +560,7 @@ fn a_failed_rollback_keeps_the_record_for_the_next_start_to_finish() {
     );
 
     *f.net.fail_teardown.lock().unwrap() = false;
-    let svc = service(f.dir.path(), &f.store, &f.ns, &f.net, &f.shims);
+    let svc = service(f.dir.path(), &f.store, &f.ns, &f.net, &f.shims, &f.cgroups);
     svc.recover().unwrap();
     f.assert_nothing_left();
 }

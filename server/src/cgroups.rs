@@ -1,0 +1,164 @@
+//! The cgroups berthd itself creates and removes: a pod's default cgroup (the parent of its
+//! containers' cgroups when kubelet names none) and the cgroup that holds the shims.
+//!
+//! Container cgroups are the OCI runtime's: it creates them (and any missing parent) at create
+//! and removes them at delete. The parent it created for a pod stays behind, so the sandbox
+//! service removes it with the pod. Works on every hierarchy mounted under /sys/fs/cgroup, so
+//! the same code serves cgroup v1 (one hierarchy per controller, plus named and hybrid ones)
+//! and v2 (one unified hierarchy).
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use crate::sandbox::service::PodCgroups;
+
+/// The cgroup (relative to each hierarchy's root) of pod `id` when kubelet names no parent.
+pub fn default_pod_cgroup(id: &str) -> String {
+    format!("berth/{id}")
+}
+
+/// The mounted cgroup hierarchies.
+#[derive(Debug, Clone)]
+pub struct CgroupFs {
+    roots: Vec<PathBuf>,
+}
+
+impl CgroupFs {
+    /// The hierarchies listed in a `/proc/self/mountinfo` text (cgroup and cgroup2 mounts).
+    pub fn from_mountinfo(mountinfo: &str) -> CgroupFs {
+        let mut roots: Vec<PathBuf> = mountinfo
+            .lines()
+            .filter_map(|line| {
+                let mount_point = line.split_whitespace().nth(4)?;
+                let fstype = line.split_once(" - ")?.1.split_whitespace().next()?;
+                matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(mount_point))
+            })
+            .collect();
+        // cpu and cpuacct share one hierarchy that is often mounted twice (and symlinked);
+        // one entry per mount point is enough.
+        roots.sort();
+        roots.dedup();
+        CgroupFs { roots }
+    }
+
+    /// The hierarchies of this host.
+    pub fn probe() -> std::io::Result<CgroupFs> {
+        Ok(CgroupFs::from_mountinfo(&std::fs::read_to_string(
+            "/proc/self/mountinfo",
+        )?))
+    }
+
+    /// Removes cgroup `rel` from every hierarchy; one that does not exist is fine. Fails on
+    /// the first hierarchy where it still holds processes or child cgroups.
+    pub fn remove(&self, rel: &str) -> Result<(), String> {
+        for root in &self.roots {
+            let dir = root.join(rel.trim_start_matches('/'));
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("removing cgroup {}: {e}", dir.display())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates cgroup `rel` in every hierarchy where it is missing and moves `pid` into it.
+    /// A hierarchy that refuses (for example a v1 cpuset one whose cpus are not set yet, or a
+    /// read-only one) is skipped: the process then stays where it was in that hierarchy only.
+    pub fn enter(&self, rel: &str, pid: u32) -> Vec<String> {
+        let mut problems = Vec::new();
+        for root in &self.roots {
+            let dir = root.join(rel.trim_start_matches('/'));
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                problems.push(format!("creating {}: {e}", dir.display()));
+                continue;
+            }
+            inherit_cpuset(root, &dir);
+            let procs = dir.join("cgroup.procs");
+            if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+                problems.push(format!("writing {}: {e}", procs.display()));
+            }
+        }
+        problems
+    }
+}
+
+/// A new v1 cpuset cgroup starts with empty cpus and mems and takes no process until they
+/// are set; copy them from the hierarchy root.
+fn inherit_cpuset(root: &Path, dir: &Path) {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let target = dir.join(file);
+        let empty = std::fs::read_to_string(&target).is_ok_and(|v| v.trim().is_empty());
+        if empty && let Ok(value) = std::fs::read_to_string(root.join(file)) {
+            let _ = std::fs::write(&target, value.trim());
+        }
+    }
+}
+
+impl PodCgroups for CgroupFs {
+    fn remove(&self, pod_id: &str) -> Result<(), String> {
+        CgroupFs::remove(self, &default_pod_cgroup(pod_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+30 25 0:27 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:28 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+32 30 0:29 / /sys/fs/cgroup/systemd rw,nosuid - cgroup cgroup rw,xattr,name=systemd
+33 30 0:30 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+34 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+40 25 0:40 / /proc rw - proc proc rw
+";
+
+    #[test]
+    fn every_cgroup_mount_is_a_root() {
+        let fs = CgroupFs::from_mountinfo(HYBRID);
+        let roots: Vec<&str> = fs.roots.iter().filter_map(|p| p.to_str()).collect();
+        assert_eq!(
+            roots,
+            [
+                "/sys/fs/cgroup/cpu,cpuacct",
+                "/sys/fs/cgroup/memory",
+                "/sys/fs/cgroup/systemd",
+                "/sys/fs/cgroup/unified",
+            ]
+        );
+    }
+
+    #[test]
+    fn v2_has_one_root() {
+        let fs = CgroupFs::from_mountinfo(
+            "30 25 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n",
+        );
+        assert_eq!(fs.roots, [PathBuf::from("/sys/fs/cgroup")]);
+    }
+
+    #[test]
+    fn remove_takes_the_directory_from_every_root_and_tolerates_missing_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir_all(a.join("berth/pod1")).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let fs = CgroupFs {
+            roots: vec![a.clone(), b],
+        };
+        fs.remove(&default_pod_cgroup("pod1")).unwrap();
+        assert!(!a.join("berth/pod1").exists());
+        fs.remove(&default_pod_cgroup("pod1")).unwrap();
+    }
+
+    #[test]
+    fn a_cgroup_with_children_is_not_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("berth/pod1/ctr")).unwrap();
+        let fs = CgroupFs {
+            roots: vec![tmp.path().to_path_buf()],
+        };
+        let err = fs.remove("berth/pod1").unwrap_err();
+        assert!(err.contains("berth/pod1"), "{err}");
+    }
+}
