@@ -206,6 +206,20 @@ impl Berthd {
         self.wait_ready()
     }
 
+    /// SIGKILL, as a crash: shims, containers, mounts and the socket file stay behind.
+    pub fn kill9(&mut self) -> Result<()> {
+        self.child.kill9()
+    }
+
+    /// Starts berthd again on the same root, state and socket, after [`Berthd::kill9`].
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.child.exited().is_none() {
+            bail!("berthd (pid {}) still runs", self.child.pid());
+        }
+        self.child = spawn(&self.binary, &self.paths, &self.options)?;
+        self.wait_ready()
+    }
+
     fn wait_ready(&mut self) -> Result<()> {
         let binary = self.binary.clone();
         let timeout = self.options.ready_timeout;

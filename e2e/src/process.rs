@@ -81,6 +81,22 @@ impl LoggedChild {
     }
 }
 
+impl LoggedChild {
+    /// SIGKILL at once, as a crash would, and reap the child.
+    pub(crate) fn kill9(&mut self) -> Result<()> {
+        if self.exited().is_some() {
+            return Ok(());
+        }
+        let pid = Pid::from_raw(i32::try_from(self.child.id())?);
+        // Not reaped yet (checked above), so the PID is still the child's.
+        kill(pid, Signal::SIGKILL).with_context(|| format!("SIGKILL {} (pid {pid})", self.name))?;
+        self.child
+            .wait()
+            .with_context(|| format!("wait for {} (pid {pid})", self.name))?;
+        Ok(())
+    }
+}
+
 impl Drop for LoggedChild {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
