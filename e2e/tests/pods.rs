@@ -128,6 +128,14 @@ fn pod_lifecycle_with_network_files_and_shim() -> Result<()> {
     );
     let pid = info["pid"].as_u64().unwrap_or(0);
     ensure!(shim_running(pid), "shim pid {pid} not running: {status}");
+    // The shim lives outside berthd's cgroup, in berth's shim cgroup in every hierarchy.
+    let cgroups = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup"));
+    let shim_cgroups = cgroups(u32::try_from(pid)?)?;
+    let berthd_cgroups = cgroups(berthd.pid())?;
+    for (shim, daemon) in shim_cgroups.lines().zip(berthd_cgroups.lines()) {
+        ensure!(shim.ends_with(":/berth/shims"), "shim in {shim}");
+        ensure!(shim != daemon, "shim shares berthd's cgroup {daemon}");
+    }
 
     let sandbox = berthd.paths().state.join("sandboxes").join(&id);
     let read = |name: &str| std::fs::read_to_string(sandbox.join(name)).unwrap_or_default();

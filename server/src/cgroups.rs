@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use crate::sandbox::service::PodCgroups;
 
+/// The cgroup (relative to each hierarchy's root) that holds every shim.
+pub const SHIM_CGROUP: &str = "berth/shims";
+
 /// The cgroup (relative to each hierarchy's root) of pod `id` when kubelet names no parent.
 pub fn default_pod_cgroup(id: &str) -> String {
     format!("berth/{id}")
@@ -73,7 +76,7 @@ impl CgroupFs {
                 problems.push(format!("creating {}: {e}", dir.display()));
                 continue;
             }
-            inherit_cpuset(root, &dir);
+            inherit_cpuset(root, rel);
             let procs = dir.join("cgroup.procs");
             if let Err(e) = std::fs::write(&procs, pid.to_string()) {
                 problems.push(format!("writing {}: {e}", procs.display()));
@@ -84,14 +87,19 @@ impl CgroupFs {
 }
 
 /// A new v1 cpuset cgroup starts with empty cpus and mems and takes no process until they
-/// are set; copy them from the hierarchy root.
-fn inherit_cpuset(root: &Path, dir: &Path) {
-    for file in ["cpuset.cpus", "cpuset.mems"] {
-        let target = dir.join(file);
-        let empty = std::fs::read_to_string(&target).is_ok_and(|v| v.trim().is_empty());
-        if empty && let Ok(value) = std::fs::read_to_string(root.join(file)) {
-            let _ = std::fs::write(&target, value.trim());
+/// are set; fill them in from each parent, top down, for every level `rel` created.
+fn inherit_cpuset(root: &Path, rel: &str) {
+    let mut parent = root.to_path_buf();
+    for part in Path::new(rel.trim_start_matches('/')).components() {
+        let dir = parent.join(part);
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let target = dir.join(file);
+            let empty = std::fs::read_to_string(&target).is_ok_and(|v| v.trim().is_empty());
+            if empty && let Ok(value) = std::fs::read_to_string(parent.join(file)) {
+                let _ = std::fs::write(&target, value.trim());
+            }
         }
+        parent = dir;
     }
 }
 

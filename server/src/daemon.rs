@@ -162,6 +162,7 @@ async fn sandboxes(
     });
     let shims = Arc::new(ProcessShims::new(
         shim,
+        cgroups.clone(),
         config.state.clone(),
         tokio::runtime::Handle::current(),
     ));

@@ -20,6 +20,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::runtime::Handle;
 
+use crate::cgroups::{CgroupFs, SHIM_CGROUP};
 use crate::sandbox::service::{ShimError, ShimLauncher, ShimProcess};
 
 /// How long a shim may take to print its address.
@@ -64,6 +65,9 @@ const ORPHAN_DELETE_TIMEOUT: Duration = Duration::from_secs(10);
 /// from blocking threads (`spawn_blocking`), never from a runtime worker.
 pub struct ProcessShims {
     binary: PathBuf,
+    /// Shims are moved to [`SHIM_CGROUP`] so that they (and the runtimes they run) are not
+    /// charged to berthd and survive whatever happens to berthd's cgroup.
+    cgroups: CgroupFs,
     /// `<state>`: shims live in `<state>/shims/`, runc keeps state in `<state>/runc`.
     state: PathBuf,
     runtime: Handle,
@@ -71,9 +75,15 @@ pub struct ProcessShims {
 }
 
 impl ProcessShims {
-    pub fn new(binary: PathBuf, state: PathBuf, runtime: Handle) -> ProcessShims {
+    pub fn new(
+        binary: PathBuf,
+        cgroups: CgroupFs,
+        state: PathBuf,
+        runtime: Handle,
+    ) -> ProcessShims {
         ProcessShims {
             binary,
+            cgroups,
             state,
             runtime,
             clients: Mutex::new(HashMap::new()),
@@ -210,6 +220,8 @@ impl ShimLauncher for ProcessShims {
             cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(Into::into));
         }
         let binary = self.binary.clone();
+        let cgroups = self.cgroups.clone();
+        let pod = id.to_string();
         let (pid, address) = self
             .runtime
             .block_on(async move {
@@ -217,6 +229,10 @@ impl ShimLauncher for ProcessShims {
                     .spawn()
                     .map_err(|e| format!("running {}: {e}", binary.display()))?;
                 let pid = child.id().unwrap_or(0);
+                // Moved before it can start a runtime, so every child it forks is born there.
+                for problem in cgroups.enter(SHIM_CGROUP, pid) {
+                    tracing::warn!(pod.id = %pod, %problem, "moving the shim out of berthd's cgroup");
+                }
                 let mut line = String::new();
                 if let Some(out) = child.stdout.take() {
                     let mut out = BufReader::new(out);
@@ -332,7 +348,12 @@ mod tests {
         std::fs::write(&fake, "#!/bin/sh\necho 'boom: cannot bind' >&2\nexit 1\n").unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let shims = ProcessShims::new(fake, dir.path().into(), rt.handle().clone());
+        let shims = ProcessShims::new(
+            fake,
+            CgroupFs::from_mountinfo(""),
+            dir.path().into(),
+            rt.handle().clone(),
+        );
         let err = shims
             .start("pod1", Path::new("/usr/sbin/runc"))
             .unwrap_err();
@@ -349,7 +370,12 @@ mod tests {
     #[test]
     fn only_a_live_shim_of_the_pod_counts_as_alive() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let shims = ProcessShims::new("/x".into(), "/tmp".into(), rt.handle().clone());
+        let shims = ProcessShims::new(
+            "/x".into(),
+            CgroupFs::from_mountinfo(""),
+            "/tmp".into(),
+            rt.handle().clone(),
+        );
         let me = ShimProcess {
             address: String::new(),
             pid: std::process::id(),
