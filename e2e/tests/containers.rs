@@ -414,3 +414,71 @@ fn an_oom_killed_container_is_reported_oomkilled() -> Result<()> {
     berthd.crictl_ok(&["rmp", "-f", &pod])?;
     Ok(())
 }
+
+#[test]
+fn containers_of_a_pod_share_its_pid_namespace_unless_they_ask_for_their_own() -> Result<()> {
+    let (berthd, _registry) = start(5)?;
+    let dir = berthd.paths().dir.clone();
+    // No namespace options: PID mode POD, as crictl and kubelet's shareProcessNamespace send.
+    let pod_cfg = pod_config(&dir, "shared")?;
+    let pod = berthd
+        .crictl_ok(&["runp", s(&pod_cfg)?])?
+        .trim()
+        .to_string();
+    let a_cfg = container_config(&dir, "a", &["sleep 1001"])?;
+    let a = create(&berthd, &pod, &a_cfg, &pod_cfg)?;
+    berthd.crictl_ok(&["start", &a])?;
+    let b_cfg = container_config(&dir, "b", &["sleep 1002"])?;
+    let b = create(&berthd, &pod, &b_cfg, &pod_cfg)?;
+    berthd.crictl_ok(&["start", &b])?;
+
+    // b sees a's process, and pid 1 is the pod's holder, not either container.
+    let ps = berthd.crictl_ok(&["exec", "-s", &b, "ps", "-o", "pid,comm,args"])?;
+    ensure!(ps.contains("sleep 1001"), "{ps}");
+    let init = berthd.crictl_ok(&["exec", "-s", &b, "cat", "/proc/1/comm"])?;
+    ensure!(init.trim() == "berth-pidns", "pid 1 is {init:?}");
+    let holder: u32 = {
+        let a_pid = inspect(&berthd, &a)?["info"]["pid"].as_u64().unwrap_or(0);
+        let ns = |pid: u64| std::fs::read_link(format!("/proc/{pid}/ns/pid"));
+        let a_ns = ns(a_pid)?;
+        let b_ns = ns(inspect(&berthd, &b)?["info"]["pid"].as_u64().unwrap_or(0))?;
+        ensure!(a_ns == b_ns, "{a_ns:?} != {b_ns:?}");
+        // The holder: the one process named berth-pidns in that namespace.
+        std::fs::read_dir("/proc")?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "berth-pidns")
+                    && ns(u64::from(*p)).is_ok_and(|n| n == a_ns)
+            })
+            .context("no holder process in the pod's PID namespace")?
+    };
+
+    // A container that asks for its own PID namespace is its own pid 1.
+    let own_cfg = write_json(
+        &dir,
+        "own.json",
+        &json!({
+            "metadata": {"name": "own"},
+            "image": {"image": BUSYBOX},
+            "command": ["sleep", "1003"],
+            "log_path": "own/0.log",
+            "linux": {"security_context": {"namespace_options": {"pid": 1}}},
+        }),
+    )?;
+    let own = create(&berthd, &pod, &own_cfg, &pod_cfg)?;
+    berthd.crictl_ok(&["start", &own])?;
+    let init = berthd.crictl_ok(&["exec", "-s", &own, "cat", "/proc/1/cmdline"])?;
+    ensure!(init.starts_with("sleep"), "pid 1 is {init:?}");
+
+    berthd.crictl_ok(&["rmp", "-f", &pod])?;
+    ensure!(
+        wait_for(Duration::from_secs(5), || !Path::new(&format!(
+            "/proc/{holder}"
+        ))
+        .exists()),
+        "the holder {holder} outlived its pod"
+    );
+    Ok(())
+}

@@ -92,7 +92,9 @@ fn container_code(e: &ContainerError) -> Code {
         ContainerError::InvalidConfig(_) | ContainerError::Spec(SpecError::Build(_)) => {
             Code::InvalidArgument
         }
-        ContainerError::Spec(SpecError::Unsupported(_)) => Code::FailedPrecondition,
+        ContainerError::Spec(SpecError::Unsupported(_) | SpecError::NoPodPidNamespace(_)) => {
+            Code::FailedPrecondition
+        }
         ContainerError::Spec(_) => Code::InvalidArgument,
         ContainerError::NotFound(_)
         | ContainerError::PodNotFound(_)

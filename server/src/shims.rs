@@ -55,6 +55,11 @@ pub fn shim_dir(state: &Path, id: &str) -> PathBuf {
     state.join("shims").join(short)
 }
 
+/// The file in a shim's directory where it writes its PID namespace holder's pid.
+const PID_HOLDER_FILE: &str = "pid-holder";
+/// The process name the holder gives itself (shim/src/pidns.rs).
+const HOLDER_NAME: &str = "berth-pidns";
+
 /// The file in a shim's directory naming the OCI runtime binary it drives.
 const RUNTIME_FILE: &str = "runtime";
 /// How long the OCI runtime may take to force-delete a container whose shim is gone.
@@ -166,6 +171,18 @@ impl ProcessShims {
     }
 }
 
+fn read_pid(file: &Path) -> Option<u32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is the live PID namespace holder of pod `id`: a fork of its shim (same
+/// command line) that renamed itself.
+fn is_holder_of(pid: u32, id: &str) -> bool {
+    is_shim_of(pid, id)
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == HOLDER_NAME)
+}
+
 /// Whether `pid` is a live `berth-shim` serving pod `id` (not a recycled pid, not a zombie).
 fn is_shim_of(pid: u32, id: &str) -> bool {
     let proc_dir = Path::new("/proc").join(pid.to_string());
@@ -187,7 +204,7 @@ fn is_shim_of(pid: u32, id: &str) -> bool {
 }
 
 impl ShimLauncher for ProcessShims {
-    fn start(&self, id: &str, runtime: &Path) -> Result<ShimProcess, ShimError> {
+    fn start(&self, id: &str, runtime: &Path, share_pid: bool) -> Result<ShimProcess, ShimError> {
         let start_err = |message: String| ShimError::Start {
             id: id.to_string(),
             message,
@@ -218,6 +235,10 @@ impl ShimLauncher for ProcessShims {
         // only thing run between fork and exec.
         unsafe {
             cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(Into::into));
+        }
+        let holder_file = dir.join(PID_HOLDER_FILE);
+        if share_pid {
+            cmd.arg("--pid-holder").arg(&holder_file);
         }
         let binary = self.binary.clone();
         let cgroups = self.cgroups.clone();
@@ -256,11 +277,34 @@ impl ShimLauncher for ProcessShims {
                 let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
                 start_err(format!("{message}: {}", stderr.trim()))
             })?;
+        let pid_holder = if share_pid {
+            match read_pid(&holder_file) {
+                Some(holder) => holder,
+                None => {
+                    let _ = self.stop(id, Some(pid));
+                    return Err(start_err(format!(
+                        "the shim wrote no pid namespace holder to {}",
+                        holder_file.display()
+                    )));
+                }
+            }
+        } else {
+            0
+        };
+        if pid_holder != 0 {
+            for problem in self.cgroups.enter(SHIM_CGROUP, pid_holder) {
+                tracing::warn!(pod.id = %id, %problem, "moving the pid namespace holder");
+            }
+        }
         if let Err(e) = self.connect(id, &address) {
             let _ = self.stop(id, Some(pid));
             return Err(e);
         }
-        Ok(ShimProcess { address, pid })
+        Ok(ShimProcess {
+            address,
+            pid,
+            pid_holder,
+        })
     }
 
     fn alive(&self, id: &str, shim: &ShimProcess) -> bool {
@@ -305,6 +349,16 @@ impl ShimLauncher for ProcessShims {
                 }
             }
         });
+        // The pod's PID namespace goes with its shim; killing its init kills whatever is left
+        // in it. Checked by name too: the file may outlive the holder, and its pid be reused.
+        if let Some(holder) = read_pid(&self.dir(id).join(PID_HOLDER_FILE))
+            && is_holder_of(holder, id)
+        {
+            kill(Pid::from_raw(holder as i32), Signal::SIGKILL).map_err(|e| ShimError::Stop {
+                id: id.to_string(),
+                message: format!("kill pid namespace holder {holder}: {e}"),
+            })?;
+        }
         let Some(pid) = pid else {
             return Ok(());
         };
@@ -355,7 +409,7 @@ mod tests {
             rt.handle().clone(),
         );
         let err = shims
-            .start("pod1", Path::new("/usr/sbin/runc"))
+            .start("pod1", Path::new("/usr/sbin/runc"), false)
             .unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, ShimError::Start { .. }), "{msg}");
@@ -379,13 +433,15 @@ mod tests {
         let me = ShimProcess {
             address: String::new(),
             pid: std::process::id(),
+            pid_holder: 0,
         };
         assert!(!shims.alive("pod1", &me), "the test process is no shim");
         assert!(!shims.alive(
             "pod1",
             &ShimProcess {
                 address: String::new(),
-                pid: 0
+                pid: 0,
+                pid_holder: 0,
             }
         ));
     }

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! berth-shim --id <pod id> --state-dir <dir> --runtime <path to runc> --runtime-root <dir>
+//!            [--pid-holder <file>]
 //! berth-shim --version
 //! ```
 //!
@@ -16,6 +17,8 @@
 //!   socket file is replaced.
 //! - `--runtime`: the OCI runtime binary (runc's command line).
 //! - `--runtime-root`: passed as runc's `--root` (where runc keeps container state).
+//! - `--pid-holder`: the pod shares one PID namespace between its containers: before anything
+//!   else the shim forks the namespace's init (see `pidns.rs`) and writes its pid to this file.
 //!
 //! The caller (berthd) starts the shim detached (its own session, stdin on /dev/null). Once the
 //! socket is listening, the shim prints its address, `unix://<state-dir>/shim.sock`, and a newline
@@ -30,6 +33,7 @@
 mod cgroup;
 mod error;
 mod logs;
+mod pidns;
 mod reaper;
 mod runc;
 mod service;
@@ -57,13 +61,15 @@ struct Args {
     state_dir: PathBuf,
     runtime: PathBuf,
     runtime_root: PathBuf,
+    pid_holder: Option<PathBuf>,
 }
 
-const USAGE: &str =
-    "usage: berth-shim --id <pod id> --state-dir <dir> --runtime <path> --runtime-root <dir>";
+const USAGE: &str = "usage: berth-shim --id <pod id> --state-dir <dir> --runtime <path> \
+                     --runtime-root <dir> [--pid-holder <file>]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Args> {
     let (mut id, mut state_dir, mut runtime, mut runtime_root) = (None, None, None, None);
+    let mut pid_holder = None;
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
         let slot = match flag.as_str() {
@@ -71,6 +77,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Args> {
             "--state-dir" => &mut state_dir,
             "--runtime" => &mut runtime,
             "--runtime-root" => &mut runtime_root,
+            "--pid-holder" => &mut pid_holder,
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         };
         let value = it
@@ -85,6 +92,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Args> {
         state_dir: need(state_dir, "--state-dir")?.into(),
         runtime: need(runtime, "--runtime")?.into(),
         runtime_root: need(runtime_root, "--runtime-root")?.into(),
+        pid_holder: pid_holder.map(PathBuf::from),
     })
 }
 
@@ -95,6 +103,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = parse_args(argv).and_then(|args| {
+        // Forked while the process still has one thread: the runtime below starts none, but
+        // nothing may run before this that could.
+        if let Some(file) = &args.pid_holder {
+            pidns::spawn_holder(file)?;
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

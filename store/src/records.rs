@@ -11,6 +11,7 @@
 //!   map<string, string> labels = 8;  map<string, string> annotations = 9;
 //!   string runtime_handler = 10;  string netns_path = 11;  string log_directory = 12;
 //!   bytes config = 13;  repeated string ips = 14;  string shim_address = 15;  uint32 shim_pid = 16;
+//!   uint32 pid_holder_pid = 17;
 //! }
 //! enum SandboxState { CREATING = 0; READY = 1; NOT_READY = 2; REMOVING = 3; }
 //!
@@ -159,6 +160,10 @@ pub struct SandboxRecord {
     /// The pid of the pod's shim; 0 while no shim runs.
     #[prost(uint32, tag = "16")]
     pub shim_pid: u32,
+    /// The init of the pod's shared PID namespace (forked by the shim); 0 when the pod's
+    /// containers do not share one.
+    #[prost(uint32, tag = "17")]
+    pub pid_holder_pid: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, prost::Enumeration)]
@@ -310,6 +315,7 @@ mod tests {
             ips: vec!["10.0.0.2".into(), "fd00::2".into()],
             shim_address: "unix:///s".into(),
             shim_pid: 42,
+            pid_holder_pid: 43,
         };
         record.set_state(SandboxState::NotReady);
 
@@ -331,6 +337,7 @@ mod tests {
         bytes_field(14, b"fd00::2", &mut want);
         bytes_field(15, b"unix:///s", &mut want);
         int_field(16, 42, &mut want);
+        int_field(17, 43, &mut want);
 
         assert_eq!(record.encode_to_vec(), want);
         assert_eq!(SandboxRecord::decode(want.as_slice()).unwrap(), record);

@@ -447,6 +447,8 @@ impl Containers {
             net_ns: own_net.then(|| self.sandbox_dirs.ns(id, Namespace::Net)),
             ipc_ns: own_ipc.then(|| self.sandbox_dirs.ns(id, Namespace::Ipc)),
             uts_ns: own_net.then(|| self.sandbox_dirs.ns(id, Namespace::Uts)),
+            pid_ns: (pod.record.pid_holder_pid != 0)
+                .then(|| PathBuf::from(format!("/proc/{}/ns/pid", pod.record.pid_holder_pid))),
             files_dir: self.sandbox_dirs.sandbox(id),
             cgroup_parent: pod
                 .config

@@ -45,7 +45,7 @@ impl PodCgroups for NoCgroups {
 }
 struct NoShims;
 impl ShimLauncher for NoShims {
-    fn start(&self, _: &str, _: &Path) -> Result<ShimProcess, ShimError> {
+    fn start(&self, _: &str, _: &Path, _: bool) -> Result<ShimProcess, ShimError> {
         unreachable!()
     }
     fn alive(&self, _: &str, _: &ShimProcess) -> bool {
@@ -289,6 +289,7 @@ fn fixture() -> Fixture {
         uid: "u1".into(),
         log_directory: pod_config.log_directory.clone(),
         config: pod_config.encode_to_vec(),
+        pid_holder_pid: 4242,
         ..Default::default()
     };
     pod.set_state(SandboxState::Ready);

@@ -29,6 +29,11 @@ pub enum SpecError {
     MissingHostPath(PathBuf),
     #[error("{0}: not supported yet")]
     Unsupported(String),
+    #[error(
+        "the container asks for its pod's PID namespace (namespace_options.pid POD) but pod \
+         {0} was created without a shared one"
+    )]
+    NoPodPidNamespace(String),
     #[error("building the OCI spec: {0}")]
     Build(String),
 }
@@ -68,6 +73,9 @@ pub struct PodContext {
     pub net_ns: Option<PathBuf>,
     pub ipc_ns: Option<PathBuf>,
     pub uts_ns: Option<PathBuf>,
+    /// The PID namespace the pod's containers share (its holder's `/proc/<pid>/ns/pid`);
+    /// `None` when the pod has none.
+    pub pid_ns: Option<PathBuf>,
     /// The pod's `hostname`, `hosts` and `resolv.conf` files.
     pub files_dir: PathBuf,
     /// The pod's cgroup parent (cgroupfs form); empty: `/berth/<pod id>`.
@@ -442,7 +450,19 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
                 "sharing the pid namespace of a target container".into(),
             ));
         }
-        // A pod-wide pid namespace needs a holder process; every container gets its own.
+        Ok(NamespaceMode::Pod) => {
+            let path = input
+                .pod
+                .pid_ns
+                .as_ref()
+                .ok_or_else(|| SpecError::NoPodPidNamespace(input.pod.id.clone()))?;
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Pid)
+                    .path(path)
+                    .build()?,
+            );
+        }
         _ => namespaces.push(
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Pid)

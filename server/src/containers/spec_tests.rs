@@ -32,6 +32,7 @@ fn pod() -> PodContext {
         net_ns: Some("/run/berth/sandboxes/pod1/ns/net".into()),
         ipc_ns: Some("/run/berth/sandboxes/pod1/ns/ipc".into()),
         uts_ns: Some("/run/berth/sandboxes/pod1/ns/uts".into()),
+        pid_ns: Some("/proc/4242/ns/pid".into()),
         files_dir: "/run/berth/sandboxes/pod1".into(),
         cgroup_parent: String::new(),
     }
@@ -154,7 +155,11 @@ fn spec_joins_pod_namespaces_and_gets_own_pid_and_mount() {
     let linux = spec.linux().as_ref().unwrap();
     let nss = linux.namespaces().as_ref().unwrap();
     let find = |t: LinuxNamespaceType| nss.iter().find(|n| n.typ() == t);
-    assert!(find(LinuxNamespaceType::Pid).unwrap().path().is_none());
+    // POD, the default mode: the pod's shared PID namespace.
+    assert_eq!(
+        find(LinuxNamespaceType::Pid).unwrap().path().as_deref(),
+        Some(Path::new("/proc/4242/ns/pid"))
+    );
     assert!(find(LinuxNamespaceType::Mount).unwrap().path().is_none());
     assert_eq!(
         find(LinuxNamespaceType::Network).unwrap().path().as_deref(),
@@ -187,6 +192,26 @@ fn spec_joins_pod_namespaces_and_gets_own_pid_and_mount() {
         &None,
         "no hostname in the host's UTS namespace: runc refuses it"
     );
+
+    // CONTAINER: a PID namespace of its own.
+    let own = with_security(LinuxContainerSecurityContext {
+        namespace_options: Some(NamespaceOption {
+            pid: NamespaceMode::Container as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let spec = build_with(&own, &image(&["/entry"], &[]), &pod()).unwrap();
+    let nss = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+    let pid = nss.iter().find(|n| n.typ() == LinuxNamespaceType::Pid);
+    assert!(pid.unwrap().path().is_none());
+    // POD in a pod made without a shared one is refused, not quietly given its own.
+    let lone = PodContext {
+        pid_ns: None,
+        ..pod()
+    };
+    let err = build_with(&config(), &image(&["/entry"], &[]), &lone).unwrap_err();
+    assert!(err.to_string().contains("pod pod1"), "{err}");
 
     let target = with_security(LinuxContainerSecurityContext {
         namespace_options: Some(NamespaceOption {

@@ -87,6 +87,8 @@ pub trait PodNetwork: Send + Sync {
 pub struct ShimProcess {
     pub address: String,
     pub pid: u32,
+    /// The init of the pod's shared PID namespace; 0 when there is none.
+    pub pid_holder: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +114,9 @@ pub trait PodCgroups: Send + Sync {
 
 /// Starts, reconnects to and stops per-pod shims (`berth-shim`).
 pub trait ShimLauncher: Send + Sync {
-    /// Starts the pod's shim with the OCI runtime `runtime` and connects to it.
-    fn start(&self, id: &str, runtime: &Path) -> Result<ShimProcess, ShimError>;
+    /// Starts the pod's shim with the OCI runtime `runtime` and connects to it; with
+    /// `share_pid`, the shim also starts the holder of a PID namespace for the whole pod.
+    fn start(&self, id: &str, runtime: &Path, share_pid: bool) -> Result<ShimProcess, ShimError>;
     /// Whether the recorded shim process still runs.
     fn alive(&self, id: &str, shim: &ShimProcess) -> bool;
     /// Connects to a shim started by an earlier berthd.
@@ -226,6 +229,9 @@ pub struct Sandboxes {
 struct OwnNamespaces {
     net: bool,
     ipc: bool,
+    /// One PID namespace shared by the pod's containers (`POD` mode, kubelet's
+    /// shareProcessNamespace), held by a process of its own.
+    pid: bool,
 }
 
 fn own_namespaces(config: &PodSandboxConfig) -> OwnNamespaces {
@@ -238,6 +244,7 @@ fn own_namespaces(config: &PodSandboxConfig) -> OwnNamespaces {
     OwnNamespaces {
         net: opts.is_none_or(|o| o.network != node),
         ipc: opts.is_none_or(|o| o.ipc != node),
+        pid: opts.is_none_or(|o| o.pid == NamespaceMode::Pod as i32),
     }
 }
 
@@ -457,10 +464,11 @@ impl Sandboxes {
         }
         self.write_files(&dir, config, own, &hostname, ips.first())?;
         progress.shim = true;
-        let shim = self.shims.start(&id, runtime)?;
+        let shim = self.shims.start(&id, runtime, own.pid)?;
         record.ips = ips.iter().map(ToString::to_string).collect();
         record.shim_address = shim.address;
         record.shim_pid = shim.pid;
+        record.pid_holder_pid = shim.pid_holder;
         record.set_state(SandboxState::Ready);
         self.store.put(record)?;
         tracing::info!(pod.id = %id, ips = ?record.ips, shim.pid = record.shim_pid, "pod sandbox ready");
@@ -731,6 +739,7 @@ impl Sandboxes {
             let shim = ShimProcess {
                 address: record.shim_address.clone(),
                 pid: record.shim_pid,
+                pid_holder: record.pid_holder_pid,
             };
             if !self.shims.alive(id, &shim) {
                 tracing::warn!(pod.id = %id, shim.pid = shim.pid, "shim of a ready pod is gone");

@@ -94,7 +94,7 @@ struct FakeShims {
 }
 
 impl ShimLauncher for FakeShims {
-    fn start(&self, id: &str, _runtime: &Path) -> Result<ShimProcess, ShimError> {
+    fn start(&self, id: &str, _runtime: &Path, share_pid: bool) -> Result<ShimProcess, ShimError> {
         let mut pid = self.next_pid.lock().unwrap();
         *pid += 1;
         // Started, then failed (say, to connect): it must still be stopped by id.
@@ -108,6 +108,7 @@ impl ShimLauncher for FakeShims {
         Ok(ShimProcess {
             address: format!("unix:///shims/{id}/shim.sock"),
             pid: *pid,
+            pid_holder: if share_pid { *pid + 1000 } else { 0 },
         })
     }
 
@@ -490,7 +491,7 @@ fn restart_rolls_back_a_creating_record_and_reconnects_ready_pods() {
     f.ns.pin(Namespace::Net, &f.svc.dirs.ns(&id, Namespace::Net), None)
         .unwrap();
     f.net.setup(&f.svc.attachment(&record, &c)).unwrap();
-    f.shims.start(&id, Path::new("/r")).unwrap();
+    f.shims.start(&id, Path::new("/r"), false).unwrap();
 
     // A new berthd on the same store and host.
     let svc = service(f.dir.path(), &f.store, &f.ns, &f.net, &f.shims, &f.cgroups);

@@ -32,6 +32,7 @@ pub fn sandbox(id: &str) -> SandboxRecord {
         ips: vec!["10.88.0.5".to_string()],
         shim_address: format!("unix:///run/berth/shims/{id}/shim.sock"),
         shim_pid: 4242,
+        pid_holder_pid: 4243,
     };
     record.set_state(SandboxState::Ready);
     record

@@ -1,0 +1,119 @@
+//! The holder of a pod's shared PID namespace.
+//!
+//! A PID namespace lives only as long as its first process (its init): when that one exits,
+//! the kernel kills every other process in it and nothing can join it any more. Pods that
+//! share one PID namespace between their containers therefore need a process that is init of
+//! the namespace and outlives every container. containerd runs a pause container for it; berth
+//! forks it from the shim at start-up, before the shim has threads, so it costs no exec and
+//! shares the shim's pages.
+//!
+//! The shim forks a helper that unshares a new PID namespace and forks the holder (the first
+//! process of that namespace, so its init), writes the holder's pid to a file, and exits. The
+//! holder is reparented to the host's init (the shim is not a subreaper yet), so it survives
+//! the shim. Its only job is to reap the orphans the namespace gives it, until it is killed.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+
+/// Forks the holder of a new PID namespace and writes its pid (as the shim sees it) to
+/// `pid_file`. Call only while the process is single-threaded.
+pub fn spawn_holder(pid_file: &Path) -> anyhow::Result<u32> {
+    let tmp = pid_file.with_extension("tmp");
+    // SAFETY: the shim has no other thread yet (called before the runtime is built), so the
+    // child may use any function, as the parent would.
+    match unsafe { fork() }.context("forking the pid namespace helper")? {
+        ForkResult::Child => {
+            let code = match helper(&tmp, pid_file) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("berth-shim: pid namespace holder: {e:#}");
+                    1
+                }
+            };
+            // SAFETY: _exit ends the child without running the parent's atexit handlers or
+            // flushing buffers it shares with the parent.
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            match waitpid(child, None).context("waiting for the pid namespace helper")? {
+                WaitStatus::Exited(_, 0) => {}
+                other => bail!("the pid namespace helper failed: {other:?}"),
+            }
+            let pid = std::fs::read_to_string(pid_file)
+                .with_context(|| format!("reading {}", pid_file.display()))?;
+            pid.trim()
+                .parse()
+                .with_context(|| format!("{} holds {pid:?}", pid_file.display()))
+        }
+    }
+}
+
+/// In the forked helper: a new PID namespace for the next child, which becomes the holder.
+fn helper(tmp: &Path, pid_file: &Path) -> anyhow::Result<()> {
+    unshare(CloneFlags::CLONE_NEWPID).context("unshare(CLONE_NEWPID)")?;
+    // SAFETY: the helper is single-threaded (a fork of a single-threaded process).
+    match unsafe { fork() }.context("forking the pid namespace holder")? {
+        ForkResult::Child => hold(),
+        ForkResult::Parent { child } => {
+            std::fs::write(tmp, child.as_raw().to_string())
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(tmp, pid_file)
+                .with_context(|| format!("renaming to {}", pid_file.display()))?;
+            Ok(())
+        }
+    }
+}
+
+/// Init of the pod's PID namespace: reaps whatever exits in it, forever.
+fn hold() -> ! {
+    // Nothing of the shim's may stay open here (its stdout pipe to berthd, its log), and the
+    // holder must not keep any mount busy.
+    let _ = nix::unistd::chdir("/");
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors; `null` stays valid during the call.
+            unsafe { nix::libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    // SAFETY: close_range only closes descriptors; none above 2 is used from here on.
+    unsafe { nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    let _ = nix::sys::prctl::set_name(c"berth-pidns");
+
+    // SIGCHLD stays blocked except inside sigsuspend, so an exit between the reaping loop and
+    // the wait is never missed: it is pending and ends the next sigsuspend at once.
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    let _ = chld.thread_block();
+    // SAFETY: a handler that does nothing; it exists so that SIGCHLD interrupts sigsuspend
+    // (an ignored signal would not).
+    unsafe {
+        let _ = nix::sys::signal::sigaction(
+            Signal::SIGCHLD,
+            &nix::sys::signal::SigAction::new(
+                nix::sys::signal::SigHandler::Handler(on_sigchld),
+                nix::sys::signal::SaFlags::SA_NOCLDSTOP,
+                SigSet::empty(),
+            ),
+        );
+    }
+    loop {
+        while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        let _ = SigSet::empty().suspend();
+    }
+}
+
+extern "C" fn on_sigchld(_: nix::libc::c_int) {}
