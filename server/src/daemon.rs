@@ -115,6 +115,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Ok(Err(e)) => tracing::error!(error = %e, "recovering containers"),
         Err(e) => tracing::error!(error = %e, "recovering containers"),
     }
+    // What a crash left between removing an image's record and sweeping its data.
+    let collecting = images.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = collecting.collect_garbage() {
+            tracing::warn!(error = %e, "collecting image garbage at start");
+        }
+    });
     let cri = cri::Cri::new(config.clone(), Arc::new(node));
     tracing::info!(socket = %config.socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd ready");
     let shutdown = async move {

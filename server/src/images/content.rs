@@ -60,6 +60,29 @@ impl ContentStore {
         self.path(digest).is_ok_and(|p| p.is_file())
     }
 
+    /// The digests of every blob in the store.
+    pub fn list(&self) -> Result<Vec<String>, ImageError> {
+        let dir = self.root.join("blobs/sha256");
+        let entries = std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?;
+        Ok(entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|hex| is_sha256_hex(hex))
+            .map(|hex| format!("sha256:{hex}"))
+            .collect())
+    }
+
+    /// Deletes the blob `digest`; a missing one is fine. Returns the bytes freed.
+    pub fn delete(&self, digest: &str) -> Result<u64, ImageError> {
+        let path = self.path(digest)?;
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(size),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
     pub fn read(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
         let path = self.path(digest)?;
         std::fs::read(&path).map_err(|e| io_err(&path, e))

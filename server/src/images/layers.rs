@@ -20,6 +20,11 @@ pub trait LayerStore: Send + Sync {
     fn exists(&self, chain_id: &str) -> bool;
     /// A new, empty staging directory for one layer.
     fn stage(&self) -> Result<Box<dyn StagedLayer>, ImageError>;
+    /// Every committed layer: its chain id and its parent's.
+    fn committed(&self) -> Result<Vec<(String, Option<String>)>, ImageError>;
+    /// Removes the committed layer `chain_id`. `Ok(false)` when another snapshot (a layer
+    /// above it, or a container's rootfs) still has it as parent, so it stays.
+    fn remove(&self, chain_id: &str) -> Result<bool, ImageError>;
 }
 
 /// One layer being unpacked; dropped without import, it is discarded.
@@ -76,6 +81,27 @@ impl LayerStore for OverlayLayers {
             snapshotter: Arc::clone(&self.0),
             staging,
         }))
+    }
+
+    fn committed(&self) -> Result<Vec<(String, Option<String>)>, ImageError> {
+        let mut out = Vec::new();
+        self.0
+            .walk(&mut |info| {
+                if info.kind == Kind::Committed {
+                    out.push((info.key.clone(), info.parent.clone()));
+                }
+                true
+            })
+            .map_err(|e| ImageError::Io(format!("listing snapshots: {e}")))?;
+        Ok(out)
+    }
+
+    fn remove(&self, chain_id: &str) -> Result<bool, ImageError> {
+        match self.0.remove(chain_id) {
+            Ok(()) => Ok(true),
+            Err(SnapshotError::FailedPrecondition { .. }) => Ok(false),
+            Err(e) => Err(ImageError::Io(format!("removing layer {chain_id}: {e}"))),
+        }
     }
 }
 
@@ -175,6 +201,28 @@ pub mod fake {
 
         fn stage(&self) -> Result<Box<dyn StagedLayer>, ImageError> {
             Ok(Box::new(Staged::default()))
+        }
+
+        /// Layers are keyed by chain id (`sha256:`); other keys stand for containers' active
+        /// snapshots, which are not committed.
+        fn committed(&self) -> Result<Vec<(String, Option<String>)>, ImageError> {
+            Ok(self
+                .layers
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| k.starts_with("sha256:"))
+                .map(|(k, p)| (k.clone(), p.clone()))
+                .collect())
+        }
+
+        fn remove(&self, chain_id: &str) -> Result<bool, ImageError> {
+            let mut layers = self.layers.lock().unwrap();
+            if layers.values().any(|p| p.as_deref() == Some(chain_id)) {
+                return Ok(false);
+            }
+            layers.remove(chain_id);
+            Ok(true)
         }
     }
 }

@@ -12,6 +12,7 @@
 //! image config JSON.
 
 pub mod content;
+mod gc;
 pub mod layers;
 mod platform;
 mod pull;
@@ -29,6 +30,7 @@ use futures_util::future::{BoxFuture, Shared};
 
 use crate::config::RegistryConfig;
 use content::ContentStore;
+pub use gc::GcReport;
 use layers::LayerStore;
 use reference::{ImageRef, as_image_id};
 pub use registry::Credentials;
@@ -96,6 +98,8 @@ pub struct Images {
     clients: Mutex<HashMap<(bool, Credentials), oci_client::Client>>,
     /// Serialises read-modify-write of image records (tag moves, untagging).
     records: Mutex<()>,
+    /// What pulls in flight use, kept from garbage collection.
+    leases: gc::Leases,
 }
 
 impl std::fmt::Debug for Images {
@@ -134,6 +138,7 @@ impl Images {
             inflight: Mutex::new(HashMap::new()),
             records: Mutex::new(()),
             clients: Mutex::new(HashMap::new()),
+            leases: gc::Leases::default(),
         }))
     }
 
@@ -190,36 +195,52 @@ impl Images {
     }
 
     /// The image `reference` names, as containerd resolves it: a full image id (with or
-    /// without `sha256:`), a `name:tag` or a `name@digest` (normalised first).
+    /// without `sha256:`), a unique prefix of one (as `crictl images` prints them), a
+    /// `name:tag` or a `name@digest` (normalised first).
     pub fn resolve(&self, reference: &str) -> Result<Option<ImageRecord>, ImageError> {
         if let Some(id) = as_image_id(reference) {
             return Ok(self.store.get::<ImageRecord>(&id)?);
         }
-        let r = ImageRef::parse(reference)?;
         let images = self.store.list::<ImageRecord>()?;
+        if let Some(prefix) = as_id_prefix(reference) {
+            let mut matching = images.iter().filter(|i| i.id.starts_with(&prefix));
+            if let (Some(one), None) = (matching.next(), matching.next()) {
+                return Ok(Some(one.clone()));
+            }
+        }
+        let r = ImageRef::parse(reference)?;
         Ok(find_by_ref(&images, &r).cloned())
     }
 
     /// Removes what `reference` names: a tag is removed from its image (the image goes with
     /// its last tag); an id or a digest removes the whole image. Missing is success.
     pub fn remove(&self, reference: &str) -> Result<(), ImageError> {
-        let _guard = self
+        let guard = self
             .records
             .lock()
             .map_err(|_| ImageError::Io("record lock poisoned".into()))?;
         let Some(mut image) = self.resolve(reference)? else {
             return Ok(());
         };
-        let by_tag = as_image_id(reference).is_none()
-            && ImageRef::parse(reference).is_ok_and(|r| r.digest.is_none());
-        if by_tag && image.repo_tags.len() > 1 {
-            let tag = ImageRef::parse(reference)?.tagged().unwrap_or_default();
+        // A tag of the image (not an id, a short id or a digest) removes only that tag.
+        let tag = (as_image_id(reference).is_none())
+            .then(|| ImageRef::parse(reference).ok())
+            .flatten()
+            .filter(|r| r.digest.is_none())
+            .and_then(|r| r.tagged())
+            .filter(|t| image.repo_tags.contains(t));
+        if let Some(tag) = tag.filter(|_| image.repo_tags.len() > 1) {
             image.repo_tags.retain(|t| t != &tag);
             self.store.put(&image)?;
             tracing::info!(image = %image.id, tag, "untagged image");
         } else {
             self.store.delete::<ImageRecord>(&image.id)?;
             tracing::info!(image = %image.id, tags = ?image.repo_tags, "removed image");
+            drop(guard);
+            // The image is gone either way; what the sweep leaves, the next one takes.
+            if let Err(e) = self.collect_garbage() {
+                tracing::warn!(image = %image.id, error = %e, "collecting garbage after removal");
+            }
         }
         Ok(())
     }
@@ -236,6 +257,16 @@ impl Images {
         }
         Ok(usage)
     }
+}
+
+/// `sha256:<hex>` for a short hex id (at least 3 digits, as containerd's truncated index
+/// asks); a name that happens to be hex too is tried as a name when no id matches.
+fn as_id_prefix(s: &str) -> Option<String> {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    (hex.len() >= 3
+        && hex.len() < 64
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    .then(|| format!("sha256:{hex}"))
 }
 
 /// The chain ids of layers with these diff ids, per the OCI image spec:
@@ -376,6 +407,16 @@ mod tests {
         }
         assert!(images.resolve("busybox:other").unwrap().is_none());
         assert!(images.resolve("Bad").is_err());
+        // A short id, as `crictl images` prints it (13 characters), with or without sha256:.
+        for short in [&A[7..20], &A[..20]] {
+            assert_eq!(
+                images.resolve(short).unwrap().map(|r| r.id),
+                Some(A.to_string()),
+                "{short}"
+            );
+        }
+        // Hex that is no id prefix is a name.
+        assert!(images.resolve("abcdef").unwrap().is_none());
         assert_eq!(images.list(Some("busybox")).unwrap().len(), 1);
         assert_eq!(images.list(Some("nope")).unwrap().len(), 0);
         assert_eq!(images.list(None).unwrap().len(), 1);
@@ -395,6 +436,17 @@ mod tests {
         images.remove("a:2").unwrap();
         assert!(images.resolve(A).unwrap().is_none());
         images.remove(A).unwrap();
+    }
+
+    #[test]
+    fn removing_by_short_id_removes_every_tag() {
+        let (_d, images) = images_with(&[record(
+            A,
+            &["docker.io/library/a:1", "docker.io/library/a:2"],
+            &[],
+        )]);
+        images.remove(&A[7..20]).unwrap();
+        assert!(images.resolve(A).unwrap().is_none());
     }
 
     #[test]

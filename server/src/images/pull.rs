@@ -17,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use super::content::{ContentStore, Ingest, hex};
+use super::gc::Lease;
 use super::layers::{StagedLayer, import_chain};
 use super::platform::Platform;
 use super::reference::ImageRef;
@@ -40,10 +41,10 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(super) struct Descriptor {
     #[serde(default)]
     media_type: String,
-    digest: String,
+    pub(super) digest: String,
     size: u64,
     #[serde(default)]
     platform: Option<Platform>,
@@ -52,26 +53,26 @@ struct Descriptor {
 /// An image manifest or an index, told apart by which fields are present.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ManifestDoc {
+pub(super) struct ManifestDoc {
     schema_version: u32,
     #[serde(default)]
     media_type: Option<String>,
     #[serde(default)]
-    config: Option<Descriptor>,
+    pub(super) config: Option<Descriptor>,
     #[serde(default)]
-    layers: Option<Vec<Descriptor>>,
+    pub(super) layers: Option<Vec<Descriptor>>,
     #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
+    pub(super) manifests: Option<Vec<Descriptor>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct ConfigDoc {
-    rootfs: RootFs,
+pub(super) struct ConfigDoc {
+    pub(super) rootfs: RootFs,
 }
 
 #[derive(Debug, Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
+pub(super) struct RootFs {
+    pub(super) diff_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,10 +246,12 @@ impl Images {
     ) -> Result<String, ImageError> {
         let started = Instant::now();
         let mut last = None;
+        // Given back (dropped) only after the image record is committed: see gc.rs.
+        let lease = self.leases.begin();
         for endpoint in registry::endpoints(&self.registry, &r) {
             let is_mirror = endpoint.mirror;
             let url = endpoint.url();
-            match self.pull_from(&r, endpoint, &credentials).await {
+            match self.pull_from(&r, endpoint, &credentials, &lease).await {
                 Ok(id) => {
                     tracing::info!(image = %r, id, from = url, elapsed_ms = started.elapsed().as_millis() as u64, "pulled image");
                     return Ok(id);
@@ -286,6 +289,7 @@ impl Images {
         r: &ImageRef,
         endpoint: Endpoint,
         credentials: &Credentials,
+        lease: &Lease<'_>,
     ) -> Result<String, ImageError> {
         let client = self.client(endpoint.plain_http, credentials);
         let mut oref = match (&r.digest, &r.tag) {
@@ -319,6 +323,7 @@ impl Images {
             });
         }
         let doc = parse_manifest(&top, &top_digest)?;
+        lease.add([&top_digest]);
         let (manifest, manifest_digest) = if let Some(entries) = &doc.manifests {
             self.content.write_all(&top_digest, &top)?;
             let here = Platform::current();
@@ -329,6 +334,7 @@ impl Images {
                     reference: r.to_string(),
                     detail: format!("index {top_digest} has no manifest for platform {here}"),
                 })?;
+            lease.add([&entry.digest]);
             let child = if self.content.contains(&entry.digest) {
                 self.content.read(&entry.digest)?
             } else {
@@ -362,6 +368,7 @@ impl Images {
         for l in layers {
             compression(&l.media_type, &l.digest)?;
         }
+        lease.add(std::iter::once(&config_desc.digest).chain(layers.iter().map(|l| &l.digest)));
 
         let config = if self.content.contains(&config_desc.digest) {
             self.content.read(&config_desc.digest)?
@@ -385,6 +392,7 @@ impl Images {
         let ctx = Arc::new(ctx);
         let diff_ids = &config_doc.rootfs.diff_ids;
         let chain = super::chain_ids(diff_ids);
+        lease.add(&chain);
         // With a layer store, a layer is needed when its snapshot is missing (its blob may be
         // here already); without one, when its blob is.
         let needed: Vec<usize> = (0..layers.len())
@@ -515,7 +523,7 @@ impl Images {
     }
 }
 
-fn parse_manifest(body: &[u8], digest: &str) -> Result<ManifestDoc, ImageError> {
+pub(super) fn parse_manifest(body: &[u8], digest: &str) -> Result<ManifestDoc, ImageError> {
     let doc: ManifestDoc = serde_json::from_slice(body)
         .map_err(|e| ImageError::Malformed(format!("manifest {digest}: {e}")))?;
     if doc.schema_version != 2 {
