@@ -163,6 +163,19 @@ fn crictl_pulls_by_tag_and_digest_lists_inspects_and_removes() -> Result<()> {
     );
     berthd.crictl_ok(&["rmi", &amd64_id])?;
     ensure!(images_json(&berthd)?.is_empty());
+    // With no image left, garbage collection took every blob and layer snapshot.
+    let root = berthd.paths().root.clone();
+    let blobs: Vec<_> = std::fs::read_dir(root.join("content/blobs/sha256"))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    ensure!(blobs.is_empty(), "blobs left after rmi: {blobs:?}");
+    let layers: Vec<_> = std::fs::read_dir(root.join("snapshots"))?
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "tmp" && n != "staging")
+        .collect();
+    ensure!(layers.is_empty(), "snapshots left after rmi: {layers:?}");
     let status = berthd.crictl(&["inspecti", &tagged])?;
     ensure!(
         !status.status.success(),
