@@ -393,3 +393,27 @@ fn kill_9_during_a_pull_leaves_no_image_and_the_next_pull_succeeds() -> Result<(
     ensure!(out.contains(image.id().as_str()), "{out}");
     Ok(())
 }
+
+#[test]
+fn a_mirror_with_a_repository_prefix_serves_another_registry() -> Result<()> {
+    berthd_binary()?;
+    let registry = Registry::start()?;
+    let (artifact, _, amd64_id) = busybox()?;
+    // A proxy-cache layout: the mirror keeps quay.io's images under its own project path.
+    registry
+        .client()
+        .push(&format!("quay-cache/{BUSYBOX_REPO}"), BUSYBOX_TAG, artifact)?;
+    let berthd = Berthd::start(
+        BerthdOptions::default()
+            .registry_mirror("quay.io", &format!("{}/v2/quay-cache", registry.url())),
+    )?;
+    let upstream = format!("quay.io/{BUSYBOX_REPO}:{BUSYBOX_TAG}");
+    let out = berthd.crictl_ok(&["pull", &upstream])?;
+    ensure!(out.contains(&amd64_id), "crictl pull printed {out}");
+    let status = crictl_json(&berthd, "inspecti", &[&upstream])?;
+    ensure!(
+        strings(&status["status"]["repoTags"]) == vec![upstream.clone()],
+        "tags keep the upstream name: {status}"
+    );
+    Ok(())
+}

@@ -292,11 +292,16 @@ impl Images {
         lease: &Lease<'_>,
     ) -> Result<String, ImageError> {
         let client = self.client(endpoint.plain_http, credentials);
+        let path = if endpoint.repo_prefix.is_empty() {
+            r.path.clone()
+        } else {
+            format!("{}/{}", endpoint.repo_prefix, r.path)
+        };
         let mut oref = match (&r.digest, &r.tag) {
-            (Some(d), _) => Reference::with_digest(r.domain.clone(), r.path.clone(), d.clone()),
+            (Some(d), _) => Reference::with_digest(r.domain.clone(), path, d.clone()),
             (None, tag) => Reference::with_tag(
                 r.domain.clone(),
-                r.path.clone(),
+                path,
                 tag.clone().unwrap_or_else(|| "latest".into()),
             ),
         };

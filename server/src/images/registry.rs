@@ -12,8 +12,12 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 /// One place to fetch a repository from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// `host` or `host:port`, as requests address it.
+    /// `host` or `host:port`, as requests address it, followed by the path under which the
+    /// registry API (`/v2/`) is served when that is not the root (`host/path`).
     pub host: String,
+    /// Prepended to the repository (`<prefix>/<repository>`): a mirror that serves another
+    /// registry's images under a path of its own (a proxy-cache project).
+    pub repo_prefix: String,
     /// Plain http instead of https.
     pub plain_http: bool,
     /// A mirror rather than the registry the reference names.
@@ -38,12 +42,23 @@ pub fn endpoints(config: &RegistryConfig, reference: &ImageRef) -> Vec<Endpoint>
                 Some(rest) => (true, rest),
                 None => (false, url.strip_prefix("https://").unwrap_or(url)),
             };
-            let host = rest.split('/').next().unwrap_or(rest);
-            if host.len() != rest.trim_end_matches('/').len() {
-                tracing::warn!(mirror = %url, "mirror path prefixes are not supported; using its host");
-            }
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let path = path.trim_matches('/');
+            // As containerd reads a mirror URL: `/v2/<prefix>` names the API root itself, so
+            // the rest prefixes repositories; any other path is where `/v2/` lives.
+            let (api_path, repo_prefix) = match path.strip_prefix("v2") {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                    ("", rest.trim_start_matches('/'))
+                }
+                _ => (path, ""),
+            };
             out.push(Endpoint {
-                host: host.to_string(),
+                host: if api_path.is_empty() {
+                    host.to_string()
+                } else {
+                    format!("{host}/{api_path}")
+                },
+                repo_prefix: repo_prefix.to_string(),
                 plain_http: plain_http || is_insecure(config, host),
                 mirror: true,
             });
@@ -58,6 +73,7 @@ pub fn endpoints(config: &RegistryConfig, reference: &ImageRef) -> Vec<Endpoint>
         out.push(Endpoint {
             plain_http: is_insecure(config, &reference.domain) || is_insecure(config, &host),
             host,
+            repo_prefix: String::new(),
             mirror: false,
         });
     }
@@ -197,10 +213,38 @@ mod tests {
             endpoints(&config(true), &r),
             [Endpoint {
                 host: "registry-1.docker.io".into(),
+                repo_prefix: String::new(),
                 plain_http: false,
                 mirror: false
             }]
         );
+    }
+
+    #[test]
+    fn mirror_paths_read_as_containerd_reads_them() {
+        let mut c = config(false);
+        c.mirrors.get_mut("registry.k8s.io").unwrap().endpoints = vec![
+            "http://127.0.0.1:5000/v2/k8s-cache/".into(),
+            "https://mirror.example/artifactory/api/docker/remote".into(),
+            "https://mirror.example/v2".into(),
+            "https://mirror.example/v2x".into(),
+        ];
+        let r = ImageRef::parse("registry.k8s.io/pause:3.10").unwrap();
+        let eps: Vec<(String, String)> = endpoints(&c, &r)
+            .into_iter()
+            .map(|e| (e.host, e.repo_prefix))
+            .collect();
+        let want = [
+            ("127.0.0.1:5000", "k8s-cache"),
+            ("mirror.example/artifactory/api/docker/remote", ""),
+            ("mirror.example", ""),
+            ("mirror.example/v2x", ""),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(h, p)| (h.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(eps, want);
     }
 
     #[test]
