@@ -14,6 +14,7 @@
 pub mod content;
 mod gc;
 pub mod layers;
+mod oauth;
 mod platform;
 mod pull;
 pub mod reference;

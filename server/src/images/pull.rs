@@ -309,12 +309,29 @@ impl Images {
             oref.set_mirror_registry(endpoint.host.clone());
         }
         tracing::info!(image = %r, endpoint = endpoint.url(), "pulling image");
+        let auth = match credentials {
+            Credentials::IdentityToken(refresh) => {
+                let api = endpoint.url();
+                match super::oauth::exchange(&api, oref.repository(), refresh).await {
+                    Ok(Some(access)) => oci_client::secrets::RegistryAuth::Bearer(access),
+                    Ok(None) => oci_client::secrets::RegistryAuth::Anonymous,
+                    Err(e) => {
+                        return Err(ImageError::AuthFailed {
+                            reference: r.to_string(),
+                            registry: api,
+                            detail: e.to_string(),
+                        });
+                    }
+                }
+            }
+            other => other.to_oci(),
+        };
         let ctx = Ctx {
             reference: r.clone(),
             endpoint,
             oref,
             client,
-            auth: credentials.to_oci(),
+            auth,
             timeout: self.progress_timeout,
         };
 

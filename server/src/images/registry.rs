@@ -95,6 +95,9 @@ pub enum Credentials {
     },
     /// A registry token used as a bearer token as is.
     Bearer(String),
+    /// An identity token: an OAuth2 refresh token, exchanged at the registry's token
+    /// endpoint for an access token before each pull (see [`oauth`]).
+    IdentityToken(String),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -103,14 +106,15 @@ impl std::fmt::Debug for Credentials {
             Credentials::Anonymous => f.write_str("Anonymous"),
             Credentials::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
             Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Credentials::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
         }
     }
 }
 
 impl Credentials {
-    /// From the CRI `AuthConfig` fields: a registry token wins, then an identity token (sent as
-    /// a bearer token: berth has no OAuth2 refresh flow), then username and password, then
-    /// `auth` (base64 of `user:password`).
+    /// From the CRI `AuthConfig` fields: a registry token wins, then an identity token (an
+    /// OAuth2 refresh token), then username and password, then `auth` (base64 of
+    /// `user:password`).
     pub fn from_cri(
         username: &str,
         password: &str,
@@ -122,7 +126,7 @@ impl Credentials {
             return Ok(Credentials::Bearer(registry_token.to_string()));
         }
         if !identity_token.is_empty() {
-            return Ok(Credentials::Bearer(identity_token.to_string()));
+            return Ok(Credentials::IdentityToken(identity_token.to_string()));
         }
         if !username.is_empty() {
             return Ok(Credentials::Basic {
@@ -153,6 +157,8 @@ impl Credentials {
                 RegistryAuth::Basic(username.clone(), password.clone())
             }
             Credentials::Bearer(t) => RegistryAuth::Bearer(t.clone()),
+            // Exchanged before the pull; as is it would be refused (see `oauth`).
+            Credentials::IdentityToken(_) => RegistryAuth::Anonymous,
         }
     }
 }
@@ -271,8 +277,10 @@ mod tests {
         );
         assert_eq!(
             Credentials::from_cri("", "", "", "id", "").unwrap(),
-            Credentials::Bearer("id".into())
+            Credentials::IdentityToken("id".into())
         );
+        let shown = format!("{:?}", Credentials::IdentityToken("secret-id".into()));
+        assert!(!shown.contains("secret-id"), "{shown}");
         assert!(Credentials::from_cri("", "", "!!", "", "").is_err());
         let shown = format!("{basic:?}");
         assert!(!shown.contains("p:q"), "{shown}");
