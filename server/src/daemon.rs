@@ -97,6 +97,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let config = Arc::new(config);
     let (sandboxes, shims) = sandboxes(&config, &node, store.clone()).await;
+    let shim_tasks = Arc::new(ShimTasks::new(
+        shims.clone(),
+        tokio::runtime::Handle::current(),
+    ));
     let containers = Arc::new(Containers::new(
         store.clone(),
         config.state.clone(),
@@ -104,7 +108,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         images.clone(),
         snapshots,
         Arc::new(LinuxMounts),
-        Arc::new(ShimTasks::new(shims, tokio::runtime::Handle::current())),
+        shim_tasks.clone(),
         node.oom_score_adj_floor,
         tokio::runtime::Handle::current(),
     ));
@@ -114,6 +118,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Ok(Err(e)) => tracing::error!(error = %e, "recovering containers"),
         Err(e) => tracing::error!(error = %e, "recovering containers"),
     }
+    let task_api = tasks::service(containers.clone(), sandboxes.clone(), shim_tasks, shims);
     let cri = cri::Cri::new(config.clone(), Arc::new(node));
     tracing::info!(socket = %config.socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd ready");
     let shutdown = async move {
@@ -126,7 +131,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(cri::runtime_service(cri, sandboxes, containers))
         .add_service(cri::image_service(images))
-        .add_service(tasks::service())
+        .add_service(task_api)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(&config.socket) {
