@@ -4,7 +4,8 @@
 //! side in the cargo target dir (or BERTHD_BIN / BERTHCTL_BIN) and the pinned crictl.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
@@ -90,13 +91,37 @@ fn ctl_err(berthd: &Berthd, args: &[&str]) -> Result<String> {
     Ok(stderr)
 }
 
+/// `berthctl tasks wait ID -o json` in the background.
+fn spawn_wait(berthd: &Berthd, id: &str) -> Result<Child> {
+    Command::new(tools::berthctl()?)
+        .arg("--address")
+        .arg(&berthd.paths().socket)
+        .args(["-o", "json", "tasks", "wait", id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run berthctl tasks wait")
+}
+
+fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
 fn proc_exists(pid: u64) -> bool {
     pid > 0 && Path::new("/proc").join(pid.to_string()).exists()
 }
 
 #[test]
 fn berthctl_lists_inspects_signals_and_waits_for_tasks() -> Result<()> {
-    let (berthd, _registry) = start()?;
+    let (mut berthd, _registry) = start()?;
     let dir = berthd.paths().dir.clone();
     let pod_cfg = write_json(
         &dir,
@@ -275,15 +300,39 @@ fn berthctl_lists_inspects_signals_and_waits_for_tasks() -> Result<()> {
         "{err}"
     );
 
+    // A pending wait does not hold berthd's shutdown; after a restart the task is still there.
+    let waiter = spawn_wait(&berthd, &id)?;
+    let before = ctl_json(&berthd, &["shims", "ls"])?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(berthd.pid())?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    ensure!(
+        wait_for(Duration::from_secs(15), || berthd.exited().is_some()),
+        "berthd did not exit on SIGTERM with a wait pending; log:\n{}",
+        berthd.log_tail()
+    );
+    let waited = waiter.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    ensure!(
+        waited.status.code() == Some(1) && stderr.contains("Unavailable"),
+        "{waited:?}"
+    );
+    berthd.restart()?;
+    let after = ctl_json(&berthd, &["tasks", "get", &id])?;
+    ensure!(
+        after["status"] == "RUNNING" && after["pid"] == pid,
+        "{after}"
+    );
+    let shims = ctl_json(&berthd, &["shims", "ls"])?;
+    ensure!(
+        shims["shims"][0]["connected"] == true
+            && shims["shims"][0]["pid"] == before["shims"][0]["pid"],
+        "before: {before}\nafter: {shims}"
+    );
+
     // tasks wait blocks until tasks kill; the exit is SIGKILL's.
-    let waiter = Command::new(tools::berthctl()?)
-        .arg("--address")
-        .arg(&berthd.paths().socket)
-        .args(["tasks", "wait", &id, "-o", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let waiter = spawn_wait(&berthd, &id)?;
     ctl_ok(&berthd, &["tasks", "kill", &id, "--signal", "KILL"])?;
     let waited = waiter.wait_with_output()?;
     ensure!(waited.status.success(), "{waited:?}");

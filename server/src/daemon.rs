@@ -118,7 +118,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Ok(Err(e)) => tracing::error!(error = %e, "recovering containers"),
         Err(e) => tracing::error!(error = %e, "recovering containers"),
     }
-    let task_api = tasks::service(containers.clone(), sandboxes.clone(), shim_tasks, shims);
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let task_api = tasks::service(
+        containers.clone(),
+        sandboxes.clone(),
+        shim_tasks,
+        shims,
+        stopping,
+    );
     let cri = cri::Cri::new(config.clone(), Arc::new(node));
     tracing::info!(socket = %config.socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd ready");
     let shutdown = async move {
@@ -126,6 +133,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
         }
+        // Ends the task API's pending waits, which would hold the graceful shutdown.
+        let _ = stopping_tx.send(true);
     };
     let served = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))

@@ -19,6 +19,7 @@ use berth_proto::tasks::{
     TaskMetrics, TaskStatus as ProtoStatus, WaitTaskRequest, WaitTaskResponse,
 };
 use berth_store::SandboxState;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -39,6 +40,9 @@ struct Services {
     sandboxes: Arc<Sandboxes>,
     probe: Arc<dyn TaskProbe>,
     shims: Arc<ProcessShims>,
+    /// Turns true when berthd shuts down: a pending Wait ends then, or the server would wait
+    /// for it (for ever) before exiting.
+    stopping: watch::Receiver<bool>,
 }
 
 pub fn service(
@@ -46,12 +50,14 @@ pub fn service(
     sandboxes: Arc<Sandboxes>,
     probe: Arc<dyn TaskProbe>,
     shims: Arc<ProcessShims>,
+    stopping: watch::Receiver<bool>,
 ) -> TasksServer<TaskApi> {
     TasksServer::new(TaskApi(Arc::new(Services {
         containers,
         sandboxes,
         probe,
         shims,
+        stopping,
     })))
 }
 
@@ -363,12 +369,16 @@ impl Tasks for TaskApi {
         let span =
             tracing::info_span!("tasks.Wait", container.id = %req.id, exec.id = %req.exec_id);
         let containers = self.0.containers.clone();
+        let mut stopping = self.0.stopping.clone();
         let exec_id = req.exec_id.clone();
         let exit = async move {
             let (id, wait) =
                 blocking(move || Ok(containers.wait_task(&req.id, &req.exec_id)?)).await?;
-            wait.await
-                .map_err(|e| op_error(wait_error(&id, &exec_id, e)))
+            tokio::select! {
+                exit = wait => exit.map_err(|e| Status::from(op_error(wait_error(&id, &exec_id, e)))),
+                // An error means the sender is gone: berthd is stopping too.
+                _ = stopping.wait_for(|s| *s) => Err(Status::unavailable("berthd is shutting down")),
+            }
         }
         .instrument(span)
         .await?;
