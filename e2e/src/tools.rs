@@ -1,4 +1,4 @@
-//! Where the external CRI clients (crictl, critest) live.
+//! Where the external CRI clients (crictl, critest) and berth's own berthctl live.
 //!
 //! `hack/install-cri-tools.sh` builds them into a bin dir keyed by the cri-tools version pinned in
 //! `hack/versions.env`; this module reads the same file at compile time, so the version is pinned
@@ -12,6 +12,8 @@ const VERSIONS_ENV: &str = include_str!("../../hack/versions.env");
 
 /// Environment variable overriding the bin dir (the install script honours it too).
 pub const GO_BIN_ENV: &str = "BERTH_GO_BIN";
+/// Environment variable naming the berthctl binary to test.
+pub const BERTHCTL_BIN_ENV: &str = "BERTHCTL_BIN";
 
 /// The cri-tools version pinned in `hack/versions.env` (for example `v1.34.0`).
 pub fn cri_tools_version() -> Result<String> {
@@ -46,6 +48,33 @@ fn tool(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The berthctl binary: `$BERTHCTL_BIN`, else `berthctl` in the cargo profile dir this test
+/// binary was built into (`<target>/debug/deps/<test>` → `<target>/debug/berthctl`), where
+/// berthd is found too.
+pub fn berthctl() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(BERTHCTL_BIN_ENV) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("{BERTHCTL_BIN_ENV}={} is not a file", path.display());
+        }
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("locate the test executable")?;
+    let candidate = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|profile_dir| profile_dir.join("berthctl"))
+        .with_context(|| format!("no profile dir above {}", exe.display()))?;
+    if !candidate.is_file() {
+        bail!(
+            "berthctl binary not found: {BERTHCTL_BIN_ENV} is unset and {} does not exist \
+             (build it with `cargo build -p berth-ctl` or set {BERTHCTL_BIN_ENV})",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
 }
 
 /// The closing counts of a ginkgo run (critest prints them as its last lines).

@@ -98,6 +98,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let config = Arc::new(config);
     let (sandboxes, shims) = sandboxes(&config, &node, store.clone()).await;
+    let shim_tasks = Arc::new(ShimTasks::new(
+        shims.clone(),
+        tokio::runtime::Handle::current(),
+    ));
     let containers = Arc::new(Containers::new(
         store.clone(),
         config.state.clone(),
@@ -105,7 +109,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         images.clone(),
         snapshots,
         Arc::new(LinuxMounts),
-        Arc::new(ShimTasks::new(shims, tokio::runtime::Handle::current())),
+        shim_tasks.clone(),
         node.oom_score_adj_floor,
         tokio::runtime::Handle::current(),
     ));
@@ -122,6 +126,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             tracing::warn!(error = %e, "collecting image garbage at start");
         }
     });
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let task_api = tasks::service(
+        containers.clone(),
+        sandboxes.clone(),
+        shim_tasks,
+        shims,
+        stopping,
+    );
     let cri = cri::Cri::new(config.clone(), Arc::new(node));
     tracing::info!(socket = %config.socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd ready");
     let shutdown = async move {
@@ -129,12 +141,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
         }
+        // Ends the task API's pending waits, which would hold the graceful shutdown.
+        let _ = stopping_tx.send(true);
     };
     let served = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(cri::runtime_service(cri, sandboxes, containers))
         .add_service(cri::image_service(images))
-        .add_service(tasks::service())
+        .add_service(task_api)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(&config.socket) {

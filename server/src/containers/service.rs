@@ -113,11 +113,11 @@ pub struct Containers {
     store: Store,
     state: PathBuf,
     sandbox_dirs: SandboxDirs,
-    sandboxes: Arc<Sandboxes>,
+    pub(super) sandboxes: Arc<Sandboxes>,
     images: Arc<Images>,
     snapshots: Arc<dyn Snapshotter>,
     mounts: Arc<dyn RootfsMounter>,
-    tasks: Arc<dyn Tasks>,
+    pub(super) tasks: Arc<dyn Tasks>,
     oom_score_adj_floor: i32,
     runtime: Handle,
     /// Held while a name is checked and reserved, and for every read-modify-write of a record.
@@ -241,7 +241,7 @@ impl Containers {
         }
     }
 
-    fn dir(&self, id: &str) -> PathBuf {
+    pub(super) fn dir(&self, id: &str) -> PathBuf {
         self.state.join("containers").join(id)
     }
 
@@ -259,7 +259,7 @@ impl Containers {
     }
 
     /// The record of `id`, or of the one container whose id starts with it.
-    fn find(&self, id: &str) -> Result<Option<ContainerRecord>, ContainerError> {
+    pub(super) fn find(&self, id: &str) -> Result<Option<ContainerRecord>, ContainerError> {
         if id.is_empty() {
             return Ok(None);
         }

@@ -115,7 +115,7 @@ impl ShimTasks {
             .ok_or_else(|| TaskError::NotFound(format!("the shim of pod {pod} is not running")))
     }
 
-    fn call<T, F>(
+    pub(super) fn call<T, F>(
         &self,
         pod: &str,
         f: impl FnOnce(TaskClient, context::Context) -> F,
