@@ -11,9 +11,15 @@
 //! from a local registry, each run against a fresh daemon with an empty root, so every pull is
 //! cold.
 //!
-//! `pods`: wall time of `crictl runp` (and of `stopp` + `rmp`) with Debian's bridge CNI chain,
-//! medians of `--runs` pods, then the memory a pod costs: the PSS of every process the runtime
-//! keeps per pod (shims, sandbox holders) with `--pods` pods running, divided by their number.
+//! `pods`: wall time of `crictl runp`, of `create` + `start` of a busybox container in it, of
+//! `exec -s` (ExecSync) of `true` in that container, and of `stopp` + `rmp`, with Debian's
+//! bridge CNI chain, medians of `--runs` pods; then the memory a pod costs: the PSS of every
+//! process the runtime keeps per pod (shims, sandbox holders) with `--pods` pods running
+//! (default 50), divided by their number.
+//!
+//! `recovery` (berth only): `--pods` pods (default 100) with a running container each, kill -9
+//! of berthd, and the time until the restarted berthd answers with every container still
+//! running, over `--runs` restarts.
 
 mod containerd;
 mod procs;
@@ -32,12 +38,16 @@ use crate::containerd::Containerd;
 /// Uncompressed sizes of the benchmark image's layers, largest first, in MiB (200 in all).
 const LAYER_MIB: [usize; 5] = [80, 50, 40, 20, 10];
 
-const USAGE: &str = "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N]";
+const USAGE: &str =
+    "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N] | recovery [--runs N] [--pods N]";
+
+/// The container the benchmarks run: critest's busybox, served by the local registry.
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 5usize;
-    let mut pods = 20usize;
+    let mut pods = None;
     let mut what = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -50,20 +60,23 @@ fn main() -> Result<()> {
                     .context("--runs needs a number")?;
             }
             "--pods" => {
-                pods = it
-                    .next()
-                    .context("--pods needs a number")?
-                    .parse()
-                    .context("--pods needs a number")?;
+                pods = Some(
+                    it.next()
+                        .context("--pods needs a number")?
+                        .parse::<usize>()
+                        .context("--pods needs a number")?,
+                );
             }
             "pull" => what = Some("pull"),
             "pods" => what = Some("pods"),
+            "recovery" => what = Some("recovery"),
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
     match what {
         Some("pull") => bench_pull(runs.max(1)),
-        Some("pods") => bench_pods(runs.max(1), pods.max(1)),
+        Some("pods") => bench_pods(runs.max(1), pods.unwrap_or(50).max(1)),
+        Some("recovery") => bench_recovery(runs.max(1), pods.unwrap_or(100).max(1)),
         _ => bail!("{USAGE}"),
     }
 }
@@ -252,6 +265,42 @@ fn run_pod(rt: &dyn Runtime, dir: &std::path::Path, name: &str) -> Result<(Strin
     Ok((id, start.elapsed()))
 }
 
+fn container_config(dir: &std::path::Path, name: &str) -> Result<String> {
+    let path = dir.join(format!("{name}-ctr.json"));
+    let config = format!(
+        r#"{{"metadata":{{"name":"{name}"}},"image":{{"image":"{BUSYBOX}"}},"command":["sleep","3600"],"log_path":"{name}.log","linux":{{}}}}"#
+    );
+    std::fs::write(&path, config)?;
+    Ok(path.display().to_string())
+}
+
+/// CreateContainer + StartContainer of a sleeping busybox in pod `pod`.
+fn start_container(
+    rt: &dyn Runtime,
+    dir: &std::path::Path,
+    pod: &str,
+    name: &str,
+) -> Result<(String, Duration)> {
+    let pod_cfg = pod_config(dir, name)?;
+    let ctr_cfg = container_config(dir, name)?;
+    let start = Instant::now();
+    let id = ok(
+        rt.crictl(&["create", pod, &ctr_cfg, &pod_cfg])?,
+        &format!("{} create", rt.name()),
+    )?;
+    ok(rt.crictl(&["start", &id])?, &format!("{} start", rt.name()))?;
+    Ok((id, start.elapsed()))
+}
+
+fn exec_sync(rt: &dyn Runtime, id: &str) -> Result<Duration> {
+    let start = Instant::now();
+    ok(
+        rt.crictl(&["exec", "-s", id, "true"])?,
+        &format!("{} exec -s", rt.name()),
+    )?;
+    Ok(start.elapsed())
+}
+
 fn remove_pod(rt: &dyn Runtime, id: &str) -> Result<Duration> {
     let start = Instant::now();
     ok(rt.crictl(&["stopp", id])?, &format!("{} stopp", rt.name()))?;
@@ -283,21 +332,31 @@ fn bench_pods(runs: usize, pods: usize) -> Result<()> {
     let containerd = Containerd::start(&registry.host(), &crictl, Some(&conflist))?;
     let runtimes: [&dyn Runtime; 2] = [&BerthRuntime(berthd), &ContainerdRuntime(containerd)];
 
-    // Warm-up, untimed: containerd pulls its sandbox image on the first pod.
+    // Warm-up, untimed: containerd pulls its sandbox image on the first pod, both pull busybox.
     for rt in runtimes {
-        let (id, _) = run_pod(rt, work.path(), &format!("warm-{}", rt.name()))?;
+        ok(rt.crictl(&["pull", BUSYBOX])?, &format!("{} pull", rt.name()))?;
+        let name = format!("warm-{}", rt.name());
+        let (id, _) = run_pod(rt, work.path(), &name)?;
+        let (ctr, _) = start_container(rt, work.path(), &id, &name)?;
+        exec_sync(rt, &ctr)?;
         remove_pod(rt, &id)?;
     }
 
     let mut start_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut ctr_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut exec_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut stop_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     for run in 0..runs {
         // Alternate who goes first so that neither always runs on a quieter machine.
         let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let rt = runtimes[i];
-            let (id, t) = run_pod(rt, work.path(), &format!("lat-{}-{run}", rt.name()))?;
+            let name = format!("lat-{}-{run}", rt.name());
+            let (id, t) = run_pod(rt, work.path(), &name)?;
             start_times[i].push(t);
+            let (ctr, t) = start_container(rt, work.path(), &id, &name)?;
+            ctr_times[i].push(t);
+            exec_times[i].push(exec_sync(rt, &ctr)?);
             stop_times[i].push(remove_pod(rt, &id)?);
         }
     }
@@ -328,26 +387,97 @@ fn bench_pods(runs: usize, pods: usize) -> Result<()> {
         median(start_times[1].clone()),
     );
     let (b_rm, c_rm) = (median(stop_times[0].clone()), median(stop_times[1].clone()));
+    let (b_ctr, c_ctr) = (median(ctr_times[0].clone()), median(ctr_times[1].clone()));
+    let (b_exec, c_exec) = (median(exec_times[0].clone()), median(exec_times[1].clone()));
+    let both: [Vec<Duration>; 2] = [0, 1].map(|i| {
+        start_times[i]
+            .iter()
+            .zip(&ctr_times[i])
+            .map(|(a, b)| *a + *b)
+            .collect()
+    });
+    let (b_both, c_both) = (median(both[0].clone()), median(both[1].clone()));
     println!(
-        "pod sandboxes, Debian bridge+host-local+portmap, medians of {runs}; crictl start-up included"
+        "pods and containers, Debian bridge+host-local+portmap, medians of {runs}; crictl start-up included"
     );
-    println!(
-        "RunPodSandbox        berth {:7.1} ms   containerd {:7.1} ms   ratio {:.2}",
-        ms(b_run),
-        ms(c_run),
-        ms(b_run) / ms(c_run)
-    );
-    println!(
-        "Stop+RemovePodSandbox berth {:6.1} ms   containerd {:7.1} ms   ratio {:.2}",
-        ms(b_rm),
-        ms(c_rm),
-        ms(b_rm) / ms(c_rm)
-    );
+    let row = |what: &str, b: Duration, c: Duration| {
+        println!(
+            "{what:<28} berth {:7.1} ms   containerd {:7.1} ms   ratio {:.2}",
+            ms(b),
+            ms(c),
+            ms(b) / ms(c)
+        );
+    };
+    row("RunPodSandbox", b_run, c_run);
+    row("CreateContainer+Start", b_ctr, c_ctr);
+    row("pod + container start", b_both, c_both);
+    row("ExecSync (true)", b_exec, c_exec);
+    row("Stop+RemovePodSandbox", b_rm, c_rm);
     println!(
         "memory per pod ({pods} pods, PSS of shims and sandbox holders)   berth {:.0} KiB   containerd {:.0} KiB   ratio {:.2}",
         pss_per_pod[0],
         pss_per_pod[1],
         pss_per_pod[0] / pss_per_pod[1]
     );
+    Ok(())
+}
+
+fn bench_recovery(runs: usize, pods: usize) -> Result<()> {
+    let registry = Registry::start()?;
+    push_critest_images(&registry)?;
+    let pid = std::process::id();
+    let work = tempfile::Builder::new()
+        .prefix("berth-bench-recovery-")
+        .tempdir()?;
+    let mut berthd = Berthd::start(
+        BerthdOptions::default()
+            .mirror_critest_registries(&registry)
+            .bridge_network(
+                &format!("bbr{}", pid % 100_000),
+                &format!("10.217.{}.0/24", pid % 200),
+            ),
+    )?;
+    ok(berthd.crictl(&["pull", BUSYBOX])?, "berth pull")?;
+    let mut containers = Vec::new();
+    {
+        let rt = BerthRuntime(berthd);
+        for n in 0..pods {
+            let name = format!("rec-{n}");
+            let (pod, _) = run_pod(&rt, work.path(), &name)?;
+            containers.push(start_container(&rt, work.path(), &pod, &name)?.0);
+        }
+        berthd = rt.0;
+    }
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        berthd.kill9()?;
+        let start = Instant::now();
+        berthd.start_again()?;
+        times.push(start.elapsed());
+        let listed = ok(
+            berthd.crictl(&["ps", "-q", "--state", "running"])?,
+            "berth ps",
+        )?;
+        let running = listed.lines().count();
+        if running != containers.len() {
+            bail!("{running} of {} containers running after recovery", containers.len());
+        }
+    }
+    let log = std::fs::read_to_string(&berthd.paths().log).unwrap_or_default();
+    let reconnect_errors = log.matches("reconnecting to the pod's shim").count();
+    println!(
+        "recovery after kill -9 with {pods} pods and {pods} running containers, {runs} restarts: \
+         median {:.0} ms from exec to the first answer (crictl polling every 50 ms included), \
+         max {:.0} ms; {reconnect_errors} reconnect errors",
+        median(times.clone()).as_secs_f64() * 1000.0,
+        times.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+    );
+    for id in containers {
+        let _ = berthd.crictl(&["rm", "-f", &id]);
+    }
+    let pods = ok(berthd.crictl(&["pods", "-q"])?, "berth pods")?;
+    for pod in pods.lines() {
+        let _ = berthd.crictl(&["rmp", "-f", pod]);
+    }
     Ok(())
 }
