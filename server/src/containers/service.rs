@@ -122,6 +122,9 @@ pub struct Containers {
     runtime: Handle,
     /// Held while a name is checked and reserved, and for every read-modify-write of a record.
     records: Mutex<()>,
+    /// One lock per container id: start, stop and remove of one container never interleave
+    /// (a start racing a remove would otherwise mark a deleted container running).
+    ops: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -238,6 +241,7 @@ impl Containers {
             oom_score_adj_floor,
             runtime,
             records: Mutex::new(()),
+            ops: Mutex::new(HashMap::new()),
         }
     }
 
@@ -555,6 +559,12 @@ impl Containers {
         let record = self
             .find(id)?
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        let op = self.op_lock(&record.id);
+        let _op = lock(&op);
+        // Read again under the lock: a remove or stop may have finished meanwhile.
+        let record = self
+            .find(&record.id)?
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         if record.state() != ContainerState::Created {
             return Err(ContainerError::FailedPrecondition(format!(
                 "container {} is {:?}, not created",
@@ -642,7 +652,20 @@ impl Containers {
         let Some(record) = self.find(id)? else {
             return Ok(());
         };
+        let op = self.op_lock(&record.id);
+        let _op = lock(&op);
+        let Some(record) = self.find(&record.id)? else {
+            return Ok(());
+        };
         self.stop_record(&record, timeout)
+    }
+
+    /// The operation lock of container `id` (a full id).
+    fn op_lock(&self, id: &str) -> Arc<Mutex<()>> {
+        lock(&self.ops)
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(())))
+            .clone()
     }
 
     fn stop_record(
@@ -694,7 +717,16 @@ impl Containers {
         let Some(record) = self.find(id)? else {
             return Ok(());
         };
-        self.remove_record(record)
+        let op = self.op_lock(&record.id);
+        let guard = lock(&op);
+        let Some(record) = self.find(&record.id)? else {
+            return Ok(());
+        };
+        let full = record.id.clone();
+        self.remove_record(record)?;
+        drop(guard);
+        lock(&self.ops).remove(&full);
+        Ok(())
     }
 
     fn remove_record(&self, record: ContainerRecord) -> Result<(), ContainerError> {
@@ -727,8 +759,12 @@ impl Containers {
             .filter(|r| r.sandbox_id == pod_id)
             .collect();
         for record in records {
+            let op = self.op_lock(&record.id);
+            let _op = lock(&op);
             if remove {
+                let full = record.id.clone();
                 self.remove_record(record)?;
+                lock(&self.ops).remove(&full);
             } else {
                 self.stop_record(&record, Duration::ZERO)?;
                 match self.tasks.delete(&pod_id, &record.id, "") {

@@ -560,3 +560,42 @@ fn update_resources_sends_oci_resources_to_the_shim() {
         Err(ContainerError::NotFound(_))
     ));
 }
+
+#[test]
+fn start_stop_and_remove_of_one_container_never_interleave() {
+    let f = fixture();
+    for round in 0..20 {
+        let id = f
+            .containers
+            .create(POD, config(&format!("race{round}")))
+            .unwrap();
+        let (start, _, _) = std::thread::scope(|s| {
+            let start = s.spawn(|| f.containers.start(&id));
+            let stop = s.spawn(|| f.containers.stop(&id, Duration::ZERO));
+            let remove = s.spawn(|| f.containers.remove(&id));
+            (
+                start.join().unwrap(),
+                stop.join().unwrap(),
+                remove.join().unwrap().unwrap(),
+            )
+        });
+        assert!(f.store.get::<ContainerRecord>(&id).unwrap().is_none());
+        let calls = f.tasks.calls();
+        let pos = |what: &str| {
+            calls
+                .iter()
+                .position(|c| c.starts_with(&format!("{what} {id}")))
+        };
+        match start {
+            // The start went first: the task was started before the removal deleted it.
+            Ok(()) => assert!(pos("start") < pos("delete"), "{calls:?}"),
+            // The removal went first: nothing was started.
+            Err(e) => {
+                assert!(matches!(e, ContainerError::NotFound(_)), "{e}");
+                assert_eq!(pos("start"), None, "{calls:?}");
+            }
+        }
+    }
+    assert!(f.mounts.mounted.lock().unwrap().is_empty());
+    assert!(f.snapshots.active.lock().unwrap().is_empty());
+}
