@@ -183,6 +183,21 @@ fn container_lifecycle_logs_exec_stop_and_cleanup() -> Result<()> {
         "echo out; cat /etc/hostname",
     ])?;
     ensure!(out.contains("out") && out.contains("app-host"), "{out}");
+    // Output larger than a pipe holds arrives whole, on both streams (crictl prints both on
+    // its stdout).
+    let big = berthd.crictl(&[
+        "exec",
+        "-s",
+        &web,
+        "sh",
+        "-c",
+        "yes 0123456789abcdef | head -c 300000; yes e | head -c 70000 >&2",
+    ])?;
+    ensure!(
+        big.stdout.len() >= 370_000,
+        "{} bytes of output",
+        big.stdout.len()
+    );
     let failed = berthd.crictl(&["exec", "-s", &web, "sh", "-c", "exit 7"])?;
     ensure!(
         String::from_utf8_lossy(&failed.stderr).contains("exited with 7"),

@@ -43,9 +43,6 @@ use crate::sandbox::service::{SandboxDirs, SandboxError, Sandboxes};
 
 /// kubelet's cap on each of an ExecSync's outputs.
 pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
-/// How long ExecSync keeps reading after the exec'd process exited (a background child may
-/// hold its stdio open).
-const EXEC_DRAIN_GRACE: Duration = Duration::from_millis(200);
 /// How long a SIGKILLed container may take to be reported exited.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -1056,7 +1053,6 @@ impl Containers {
                     Err(ContainerError::Timeout(timeout))
                 }
             };
-            tokio::time::sleep(EXEC_DRAIN_GRACE).await;
             let _ = done_tx.send(true);
             let stdout = out.await.unwrap_or_default();
             let stderr = err.await.unwrap_or_default();
@@ -1087,7 +1083,21 @@ async fn read_capped(
                     out.extend_from_slice(&buf[..n.min(room)]);
                 }
             },
-            _ = done.wait_for(|d| *d) => break,
+            _ = done.wait_for(|d| *d) => {
+                // The process has exited, so all it wrote is in the pipe already: take what
+                // is there and stop. Never wait for EOF: berthd holds a write end (the FIFO is
+                // opened read-write), and a background child may hold another one for ever.
+                loop {
+                    match rx.try_read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let room = MAX_EXEC_OUTPUT.saturating_sub(out.len());
+                            out.extend_from_slice(&buf[..n.min(room)]);
+                        }
+                    }
+                }
+                break;
+            }
         }
     }
     out
