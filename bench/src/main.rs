@@ -38,8 +38,7 @@ use crate::containerd::Containerd;
 /// Uncompressed sizes of the benchmark image's layers, largest first, in MiB (200 in all).
 const LAYER_MIB: [usize; 5] = [80, 50, 40, 20, 10];
 
-const USAGE: &str =
-    "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N] | recovery [--runs N] [--pods N]";
+const USAGE: &str = "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N] | recovery [--runs N] [--pods N]";
 
 /// The container the benchmarks run: critest's busybox, served by the local registry.
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -334,7 +333,10 @@ fn bench_pods(runs: usize, pods: usize) -> Result<()> {
 
     // Warm-up, untimed: containerd pulls its sandbox image on the first pod, both pull busybox.
     for rt in runtimes {
-        ok(rt.crictl(&["pull", BUSYBOX])?, &format!("{} pull", rt.name()))?;
+        ok(
+            rt.crictl(&["pull", BUSYBOX])?,
+            &format!("{} pull", rt.name()),
+        )?;
         let name = format!("warm-{}", rt.name());
         let (id, _) = run_pod(rt, work.path(), &name)?;
         let (ctr, _) = start_container(rt, work.path(), &id, &name)?;
@@ -460,7 +462,10 @@ fn bench_recovery(runs: usize, pods: usize) -> Result<()> {
         )?;
         let running = listed.lines().count();
         if running != containers.len() {
-            bail!("{running} of {} containers running after recovery", containers.len());
+            bail!(
+                "{running} of {} containers running after recovery",
+                containers.len()
+            );
         }
     }
     let log = std::fs::read_to_string(&berthd.paths().log).unwrap_or_default();
@@ -470,7 +475,13 @@ fn bench_recovery(runs: usize, pods: usize) -> Result<()> {
          median {:.0} ms from exec to the first answer (crictl polling every 50 ms included), \
          max {:.0} ms; {reconnect_errors} reconnect errors",
         median(times.clone()).as_secs_f64() * 1000.0,
-        times.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        times
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1000.0,
     );
     for id in containers {
         let _ = berthd.crictl(&["rm", "-f", &id]);
