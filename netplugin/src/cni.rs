@@ -7,6 +7,7 @@
 //! previous one's result as `prevResult`; DEL runs it in reverse with the cached ADD result.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -28,6 +29,39 @@ pub struct RuntimeConf {
     /// Capability arguments (`portMappings`, `dns`, `bandwidth`, `ipRanges`), each given only to
     /// plugins that declare the capability.
     pub capability_args: BTreeMap<String, Value>,
+}
+
+/// One attachment of a network: a container (berthd: a pod) and its interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub container_id: String,
+    pub if_name: String,
+}
+
+/// What a [`CniRunner::gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Cached attachments that were not valid and were deleted.
+    pub deleted: Vec<Attachment>,
+    /// Whether the plugins were asked to GC (CNI 1.1 chains only).
+    pub collected: bool,
+}
+
+struct CacheEntry {
+    network: String,
+    attachment: Attachment,
+    netns: PathBuf,
+    args: Vec<(String, String)>,
+    capability_args: BTreeMap<String, Value>,
+}
+
+/// Whether a chain's `cniVersion` has STATUS and GC (CNI 1.1 and later).
+pub fn supports_status_and_gc(cni_version: &str) -> bool {
+    let mut parts = cni_version
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 1)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +158,141 @@ impl CniRunner {
         self.read_cache(list, rt)
     }
 
+    /// Fails naming the first plugin of the chain that no bin dir holds.
+    pub fn find_plugins(&self, list: &NetworkConfigList) -> Result<(), CniError> {
+        list.plugin_types
+            .iter()
+            .try_for_each(|t| self.find(t).map(|_| ()))
+    }
+
+    /// CNI STATUS (1.1): whether every plugin of the chain is ready for ADD. A chain whose
+    /// `cniVersion` predates STATUS is taken as ready, as libcni does.
+    pub fn status(&self, list: &NetworkConfigList) -> Result<(), CniError> {
+        if !supports_status_and_gc(&list.cni_version) {
+            return Ok(());
+        }
+        for plugin in &list.plugins {
+            let conf = plugin_conf(list, plugin, None, &RuntimeConf::default());
+            self.exec_env(plugin, "STATUS", &conf, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Garbage collection of the attachments of `list`'s network that are not in `valid`, as
+    /// libcni does it: a DEL for each cached attachment that is not valid (with what its ADD
+    /// was given), then, for a chain of CNI 1.1 or later, GC through every plugin with the
+    /// valid attachments, so that plugins also drop what no cache entry remembers. Every step
+    /// runs; the errors are returned together.
+    pub fn gc(
+        &self,
+        list: &NetworkConfigList,
+        valid: &[Attachment],
+    ) -> Result<GcReport, Vec<CniError>> {
+        let mut errors = Vec::new();
+        let mut report = GcReport::default();
+        let entries = match self.cache_entries() {
+            Ok(entries) => entries,
+            Err(e) => {
+                errors.push(e);
+                Vec::new()
+            }
+        };
+        for entry in entries {
+            if entry.network != list.name || valid.contains(&entry.attachment) {
+                continue;
+            }
+            let rt = RuntimeConf {
+                container_id: entry.attachment.container_id.clone(),
+                netns: entry.netns,
+                if_name: entry.attachment.if_name.clone(),
+                args: entry.args,
+                capability_args: entry.capability_args,
+            };
+            match self.del(list, &rt) {
+                Ok(()) => report.deleted.push(entry.attachment),
+                Err(e) => errors.push(e),
+            }
+        }
+        if supports_status_and_gc(&list.cni_version) {
+            let attachments: Vec<Value> = valid
+                .iter()
+                .map(|a| json!({"containerID": a.container_id, "ifname": a.if_name}))
+                .collect();
+            for plugin in &list.plugins {
+                let mut conf = plugin_conf(list, plugin, None, &RuntimeConf::default());
+                conf["cni.dev/valid-attachments"] = Value::Array(attachments.clone());
+                match self.exec_env(plugin, "GC", &conf, &[]) {
+                    Ok(_) => report.collected = true,
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(report)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Every readable entry of the result cache; unreadable or foreign files are skipped.
+    fn cache_entries(&self) -> Result<Vec<CacheEntry>, CniError> {
+        let dir = self.cache_dir.join("results");
+        let read = match std::fs::read_dir(&dir) {
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(CniError::Cache { path: dir, source }),
+        };
+        let mut entries = Vec::new();
+        for file in read.flatten() {
+            let path = file.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                continue;
+            }
+            let Some(v) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            else {
+                continue;
+            };
+            let text = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+            let (Some(network), Some(container_id), Some(if_name)) =
+                (text("networkName"), text("containerId"), text("ifName"))
+            else {
+                continue;
+            };
+            let args = v
+                .get("args")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| {
+                            Some((
+                                p.get(0)?.as_str()?.to_string(),
+                                p.get(1)?.as_str()?.to_string(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let capability_args = v
+                .get("capabilityArgs")
+                .and_then(Value::as_object)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            entries.push(CacheEntry {
+                network,
+                attachment: Attachment {
+                    container_id,
+                    if_name,
+                },
+                netns: text("netns").map(PathBuf::from).unwrap_or_default(),
+                args,
+                capability_args,
+            });
+        }
+        Ok(entries)
+    }
+
     fn find(&self, plugin_type: &str) -> Result<PathBuf, CniError> {
         // A type is a file name, never a path: "../x" must not escape the bin dirs.
         if !plugin_type.contains('/') {
@@ -145,13 +314,37 @@ impl CniRunner {
         })
     }
 
-    /// Runs one plugin; `Ok(None)` when it printed nothing (as DEL and CHECK do).
+    /// Runs one plugin for one attachment; `Ok(None)` when it printed nothing (as DEL and
+    /// CHECK do).
     fn exec(
         &self,
         plugin: &Value,
         command: &'static str,
         conf: &Value,
         rt: &RuntimeConf,
+    ) -> Result<Option<Value>, CniError> {
+        // Plugins reject CNI_ARGS keys they do not know unless told otherwise, and the
+        // Kubernetes keys are unknown to most of them (containerd and CRI-O do the same).
+        let args = std::iter::once("IgnoreUnknown=1".to_string())
+            .chain(rt.args.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect::<Vec<_>>()
+            .join(";");
+        let env = [
+            ("CNI_CONTAINERID", OsString::from(&rt.container_id)),
+            ("CNI_NETNS", rt.netns.clone().into_os_string()),
+            ("CNI_IFNAME", OsString::from(&rt.if_name)),
+            ("CNI_ARGS", OsString::from(args)),
+        ];
+        self.exec_env(plugin, command, conf, &env)
+    }
+
+    /// Runs one plugin with `CNI_COMMAND`, `CNI_PATH`, `PATH` and `env`.
+    fn exec_env(
+        &self,
+        plugin: &Value,
+        command: &'static str,
+        conf: &Value,
+        env: &[(&str, OsString)],
     ) -> Result<Option<Value>, CniError> {
         let plugin_type = plugin.get("type").and_then(Value::as_str).unwrap_or("");
         let path = self.find(plugin_type)?;
@@ -161,19 +354,10 @@ impl CniRunner {
         };
         let cni_path = std::env::join_paths(&self.bin_dirs)
             .map_err(|e| exec_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-        // Plugins reject CNI_ARGS keys they do not know unless told otherwise, and the
-        // Kubernetes keys are unknown to most of them (containerd and CRI-O do the same).
-        let args = std::iter::once("IgnoreUnknown=1".to_string())
-            .chain(rt.args.iter().map(|(k, v)| format!("{k}={v}")))
-            .collect::<Vec<_>>()
-            .join(";");
         let mut child = Command::new(&path)
             .env_clear()
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &rt.container_id)
-            .env("CNI_NETNS", &rt.netns)
-            .env("CNI_IFNAME", &rt.if_name)
-            .env("CNI_ARGS", args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("CNI_PATH", cni_path)
             // Plugins such as portmap run iptables, which needs a PATH.
             .env(
@@ -187,7 +371,11 @@ impl CniRunner {
             .map_err(exec_err)?;
         let input = serde_json::to_vec(conf).unwrap_or_default();
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(&input).map_err(exec_err)?;
+            // A plugin may exit without reading its input: its exit status tells.
+            match stdin.write_all(&input) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(exec_err(e)),
+                _ => {}
+            }
         }
         let out = child.wait_with_output().map_err(exec_err)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -236,6 +424,8 @@ impl CniRunner {
             "ifName": rt.if_name,
             "networkName": list.name,
             "netns": rt.netns,
+            "args": rt.args,
+            "capabilityArgs": rt.capability_args,
             "result": result,
         });
         if let Some(dir) = path.parent() {
@@ -495,6 +685,121 @@ mod tests {
         assert!(
             lines[4].starts_with("DEL") && !lines[4].contains("prevResult"),
             "second DEL has no cache"
+        );
+    }
+
+    /// A fake plugin that logs each call (command, container id, stdin) and answers ADD.
+    fn logging_plugin(dir: &std::path::Path) -> PathBuf {
+        let log = dir.join("log");
+        let script = format!(
+            "#!/bin/sh\nin=$(cat)\necho \"$CNI_COMMAND [$CNI_CONTAINERID] $in\" >> {log}\n\
+             [ \"$CNI_COMMAND\" = ADD ] && echo '{{\"cniVersion\":\"1.1.0\",\"ips\":[{{\"address\":\"10.9.0.5/16\"}}]}}'\nexit 0\n",
+            log = log.display()
+        );
+        let plugin = dir.join("fake");
+        std::fs::write(&plugin, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        log
+    }
+
+    fn pod(id: &str) -> RuntimeConf {
+        let mut rt = RuntimeConf {
+            container_id: id.into(),
+            netns: format!("/run/netns/{id}").into(),
+            if_name: "eth0".into(),
+            args: vec![("K8S_POD_NAME".into(), id.into())],
+            ..Default::default()
+        };
+        rt.capability_args
+            .insert("portMappings".into(), json!([{"hostPort": 80}]));
+        rt
+    }
+
+    #[test]
+    fn status_runs_only_for_cni_1_1_chains_without_attachment_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = logging_plugin(dir.path());
+        let runner = CniRunner::new(vec![dir.path().into()], dir.path().join("cache"));
+        let mut l = list(json!([{"type": "fake"}]));
+        runner.status(&l).unwrap();
+        assert!(!log.exists(), "1.0.0 chains are not asked");
+        l.cni_version = "1.1.0".into();
+        runner.status(&l).unwrap();
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert!(lines.starts_with("STATUS [] {"), "{lines}");
+        assert!(lines.contains("\"cniVersion\":\"1.1.0\""), "{lines}");
+        assert!(supports_status_and_gc("1.1.0") && supports_status_and_gc("2.0.0"));
+        assert!(!supports_status_and_gc("1.0.0") && !supports_status_and_gc("0.4.0"));
+    }
+
+    #[test]
+    fn gc_deletes_stale_cached_attachments_then_asks_plugins_with_the_valid_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = logging_plugin(dir.path());
+        let runner = CniRunner::new(vec![dir.path().into()], dir.path().join("cache"));
+        let mut l = list(json!([{"type": "fake", "capabilities": {"portMappings": true}}]));
+        l.cni_version = "1.1.0".into();
+        let mut other = l.clone();
+        other.name = "other".into();
+        runner.add(&l, &pod("kept")).unwrap();
+        runner.add(&l, &pod("stale")).unwrap();
+        runner.add(&other, &pod("elsewhere")).unwrap();
+        std::fs::remove_file(&log).unwrap();
+
+        let kept = Attachment {
+            container_id: "kept".into(),
+            if_name: "eth0".into(),
+        };
+        let report = runner.gc(&l, std::slice::from_ref(&kept)).unwrap();
+        assert_eq!(
+            report.deleted,
+            vec![Attachment {
+                container_id: "stale".into(),
+                if_name: "eth0".into()
+            }]
+        );
+        assert!(report.collected);
+        let lines: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(lines[0].starts_with("DEL [stale]"), "{lines:#?}");
+        assert!(
+            lines[0].contains("10.9.0.5") && lines[0].contains("\"hostPort\":80"),
+            "the stale DEL gets the cached result and capability args: {}",
+            lines[0]
+        );
+        assert!(lines[1].starts_with("GC [] "), "{lines:#?}");
+        assert!(
+            lines[1].contains(
+                r#""cni.dev/valid-attachments":[{"containerID":"kept","ifname":"eth0"}]"#
+            ),
+            "{}",
+            lines[1]
+        );
+        assert!(runner.cached_result(&l, &pod("kept")).unwrap().is_some());
+        assert!(runner.cached_result(&l, &pod("stale")).unwrap().is_none());
+        assert!(
+            runner
+                .cached_result(&other, &pod("elsewhere"))
+                .unwrap()
+                .is_some(),
+            "another network's cache is not touched"
+        );
+
+        // Before CNI 1.1: the stale DELs only.
+        std::fs::remove_file(&log).unwrap();
+        let mut old = other.clone();
+        old.cni_version = "1.0.0".into();
+        let report = runner.gc(&old, &[]).unwrap();
+        assert!(!report.collected && report.deleted.len() == 1);
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            lines.starts_with("DEL [elsewhere]") && !lines.contains("GC"),
+            "{lines}"
         );
     }
 

@@ -134,6 +134,16 @@ fn in_netns<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Result<R, Lin
     })
 }
 
+/// Brings the loopback interface of the network namespace at `netns` up, as a runtime must
+/// whatever plugin chain it runs (containerd and CRI-O do the same).
+pub fn loopback_up(netns: &Path) -> Result<(), LinkError> {
+    let what = format!("lo in {}", netns.display());
+    in_netns(netns, || {
+        ip_batch(&what, false, &["link set dev lo up".to_string()])
+    })?
+    .map(|_| ())
+}
+
 fn not_found(e: &LinkError) -> bool {
     matches!(e, LinkError::Command { message, .. }
         if message.contains("does not exist") || message.contains("Cannot find device"))
