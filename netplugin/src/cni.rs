@@ -354,8 +354,8 @@ impl CniRunner {
         };
         let cni_path = std::env::join_paths(&self.bin_dirs)
             .map_err(|e| exec_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-        let mut child = Command::new(&path)
-            .env_clear()
+        let mut cmd = Command::new(&path);
+        cmd.env_clear()
             .env("CNI_COMMAND", command)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("CNI_PATH", cni_path)
@@ -366,9 +366,19 @@ impl CniRunner {
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(exec_err)?;
+            .stderr(Stdio::piped());
+        // A plugin binary being replaced, or just written while another thread forks, fails
+        // with ETXTBSY for a moment; libcni retries too.
+        let mut attempt = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && attempt < 10 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
+                }
+                r => break r.map_err(exec_err)?,
+            }
+        };
         let input = serde_json::to_vec(conf).unwrap_or_default();
         if let Some(mut stdin) = child.stdin.take() {
             // A plugin may exit without reading its input: its exit status tells.

@@ -90,6 +90,10 @@ pub enum DefaultNetworkError {
     Subnet { subnet: String, message: String },
     #[error("default network bridge {0:?} is not a valid interface name")]
     Bridge(String),
+    #[error(
+        "default network name {0:?} is not a valid network name (letters, digits, '-', '_', '.')"
+    )]
+    Name(String),
     #[error("writing the default network config {path}: {source}")]
     Write {
         path: PathBuf,
@@ -123,6 +127,15 @@ impl DefaultNetwork {
         }
         if !crate::bridge::config::valid_ifname(&self.bridge) {
             return Err(DefaultNetworkError::Bridge(self.bridge.clone()));
+        }
+        let name_ok = !self.name.is_empty()
+            && !self.name.starts_with('.')
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            return Err(DefaultNetworkError::Name(self.name.clone()));
         }
         Ok(())
     }
