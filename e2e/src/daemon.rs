@@ -53,6 +53,10 @@ pub struct BerthdOptions {
     pub bridge: Option<String>,
     /// IPv4 CIDR for the bridge network's host-local IPAM, e.g. `10.88.7.0/24`.
     pub subnet: Option<String>,
+    /// `(bridge, subnet)`: berthd installs its default berth-bridge network with these (the
+    /// bridge is deleted and the forward guard removed at teardown). Without it berthd is told
+    /// not to install any default network.
+    pub default_network: Option<(String, String)>,
     /// A directory owned by this test in which berthd creates network namespace files: every
     /// entry is unmounted and removed at teardown. Never a shared one such as `/run/netns`.
     pub netns_dir: Option<PathBuf>,
@@ -74,6 +78,7 @@ impl Default for BerthdOptions {
             cni_bin_dir: PathBuf::from(DEBIAN_CNI_BIN_DIR),
             bridge: None,
             subnet: None,
+            default_network: None,
             netns_dir: None,
             ready_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
@@ -114,6 +119,12 @@ impl BerthdOptions {
 
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// berthd's own default network (berth-bridge) on `bridge` with `subnet`.
+    pub fn default_network(mut self, bridge: &str, subnet: &str) -> Self {
+        self.default_network = Some((bridge.to_owned(), subnet.to_owned()));
         self
     }
 
@@ -341,6 +352,11 @@ impl Berthd {
             delete_link(bridge);
             remove_forward_guard(bridge);
         }
+        if let Some((bridge, _)) = &self.options.default_network {
+            delete_berth_bridge_nat(bridge);
+            delete_link(bridge);
+            remove_forward_guard(bridge);
+        }
         if let Some(dir) = self.dir.take() {
             let path = dir.path().to_owned();
             if let Err(e) = dir.close() {
@@ -416,6 +432,9 @@ fn prepare_files(paths: &BerthdPaths, options: &BerthdOptions) -> Result<()> {
         std::fs::write(&file, serde_json::to_vec_pretty(&conflist)?)
             .with_context(|| format!("write {}", file.display()))?;
     }
+    if let Some((bridge, subnet)) = &options.default_network {
+        install_forward_guard(bridge, subnet)?;
+    }
     Ok(())
 }
 
@@ -432,6 +451,15 @@ fn berthd_args(paths: &BerthdPaths, options: &BerthdOptions) -> Vec<OsString> {
     flag("--log-level", "debug".into());
     flag("--cni-conf-dir", paths.cni_conf_dir.clone().into());
     flag("--cni-bin-dir", options.cni_bin_dir.clone().into());
+    match &options.default_network {
+        Some((bridge, subnet)) => {
+            flag("--install-default-conflist", "true".into());
+            flag("--default-subnet", subnet.into());
+            flag("--default-bridge", bridge.into());
+            flag("--default-network-name", bridge.into());
+        }
+        None => flag("--install-default-conflist", "false".into()),
+    }
     for host in &options.insecure_registries {
         flag("--insecure-registry", host.into());
     }
@@ -542,6 +570,33 @@ fn remove_forward_guard(bridge: &str) {
         .status();
 }
 
+/// berth-bridge's nftables table of a network on `bridge`, if a failed test left it.
+fn delete_berth_bridge_nat(bridge: &str) {
+    let Ok(out) = Command::new("nft").args(["-j", "list", "tables"]).output() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let Some(table) = item.get("table") else {
+            continue;
+        };
+        let (Some(family), Some(name)) = (table["family"].as_str(), table["name"].as_str()) else {
+            continue;
+        };
+        // berth-bridge's table is `berth-<network name>`; the harness names the network after
+        // its bridge.
+        if name == format!("berth-{bridge}") {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, name])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 fn delete_link(name: &str) {
     if !Path::new("/sys/class/net").join(name).exists() {
         return;
@@ -590,6 +645,8 @@ mod tests {
                 "/tmp/t/cni/net.d",
                 "--cni-bin-dir",
                 "/usr/lib/cni",
+                "--install-default-conflist",
+                "false",
                 "--insecure-registry",
                 "127.0.0.1:5000",
                 "--registry-mirror",
