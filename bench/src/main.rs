@@ -15,19 +15,17 @@
 //! medians of `--runs` pods, then the memory a pod costs: the PSS of every process the runtime
 //! keeps per pod (shims, sandbox holders) with `--pods` pods running, divided by their number.
 
-mod containerd;
 mod procs;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use berth_e2e::containerd::Containerd;
 use berth_e2e::daemon::{Berthd, BerthdOptions, ForwardGuard, bridge_conflist};
 use berth_e2e::image::{Compression, Image, ImageConfig, LayerBuilder, Meta, Platform};
 use berth_e2e::registry::Registry;
 use berth_e2e::testimages::push_critest_images;
 use berth_e2e::tools;
-
-use crate::containerd::Containerd;
 
 /// Uncompressed sizes of the benchmark image's layers, largest first, in MiB (200 in all).
 const LAYER_MIB: [usize; 5] = [80, 50, 40, 20, 10];

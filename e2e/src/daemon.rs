@@ -518,7 +518,8 @@ fn guard_table(bridge: &str) -> String {
 }
 
 /// A forward guard for a bridge this harness does not manage itself (a benchmark's other
-/// runtime): installed on creation, removed on drop.
+/// runtime, containerd in an interop test): installed on creation; on drop the guard, the
+/// bridge and a berth-bridge NAT table of a network named after the bridge are removed.
 pub struct ForwardGuard(String);
 
 impl ForwardGuard {
@@ -531,6 +532,7 @@ impl ForwardGuard {
 impl Drop for ForwardGuard {
     fn drop(&mut self) {
         remove_forward_guard(&self.0);
+        delete_berth_bridge_nat(&self.0);
         delete_link(&self.0);
     }
 }
