@@ -14,7 +14,12 @@
 //! `pods`: wall time of `crictl runp` (and of `stopp` + `rmp`) with Debian's bridge CNI chain,
 //! medians of `--runs` pods, then the memory a pod costs: the PSS of every process the runtime
 //! keeps per pod (shims, sandbox holders) with `--pods` pods running, divided by their number.
+//!
+//! `net`: CNI ADD and DEL time per pod, berth-bridge against Debian's bridge + host-local +
+//! portmap chain, on namespaces the benchmark creates (`net.rs`); needs berth-bridge built
+//! into the same profile dir (`cargo build --release -p berth-netplugin -p berth-bench`).
 
+mod net;
 mod procs;
 
 use std::time::{Duration, Instant};
@@ -30,7 +35,8 @@ use berth_e2e::tools;
 /// Uncompressed sizes of the benchmark image's layers, largest first, in MiB (200 in all).
 const LAYER_MIB: [usize; 5] = [80, 50, 40, 20, 10];
 
-const USAGE: &str = "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N]";
+const USAGE: &str =
+    "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N] | net [--runs N]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,12 +62,14 @@ fn main() -> Result<()> {
             }
             "pull" => what = Some("pull"),
             "pods" => what = Some("pods"),
+            "net" => what = Some("net"),
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
     match what {
         Some("pull") => bench_pull(runs.max(1)),
         Some("pods") => bench_pods(runs.max(1), pods.max(1)),
+        Some("net") => net::bench_net(runs.max(1)),
         _ => bail!("{USAGE}"),
     }
 }

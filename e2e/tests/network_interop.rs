@@ -289,6 +289,13 @@ fn debian_chain_pods_talk_tcp_host_port_on_loopback_and_dns() -> Result<()> {
         leases(&berthd.paths().state.join("cni-ipam/berth-e2e")).is_empty(),
         "host-local leases left"
     );
+    let nat = Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()?;
+    let nat = String::from_utf8_lossy(&nat.stdout);
+    let prefix = subnet.trim_end_matches("0/24");
+    let left: Vec<&str> = nat.lines().filter(|l| l.contains(prefix)).collect();
+    ensure!(left.is_empty(), "portmap/masquerade rules left: {left:#?}");
     Ok(())
 }
 
