@@ -349,6 +349,7 @@ impl Berthd {
             remove_netns_files(netns_dir);
         }
         if let Some(bridge) = &self.options.bridge {
+            delete_berth_bridge_nat(bridge);
             delete_link(bridge);
             remove_forward_guard(bridge);
         }

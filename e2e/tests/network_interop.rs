@@ -550,3 +550,84 @@ fn default_network_pods_come_and_go_without_leftovers_and_gc_removes_unknown_one
     ensure!(veths_on(&bridge) == 0 && leases(&lease_dir).is_empty());
     Ok(())
 }
+
+fn network_condition(berthd: &Berthd) -> Result<Value> {
+    let info = berthd.crictl_json(&["info"])?;
+    info["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "NetworkReady")
+        .cloned()
+        .with_context(|| format!("no NetworkReady in {info}"))
+}
+
+#[test]
+fn network_ready_follows_the_conf_dir_and_plugin_status_without_a_restart() -> Result<()> {
+    let (bridge, subnet) = network(4);
+    let berthd = Berthd::start(BerthdOptions {
+        // No conflist from the harness; a bridge of this name is deleted at teardown.
+        bridge: Some(bridge.clone()),
+        ..BerthdOptions::default()
+    })?;
+    let dir = berthd.paths().dir.clone();
+    let file = berthd.paths().cni_conf_dir.join("10-net.conflist");
+    let runp_error = || -> Result<String> {
+        let cfg = pod_config(&dir, "p", json!([]))?;
+        let out = berthd.crictl(&["runp", s(&cfg)?])?;
+        ensure!(
+            !out.status.success(),
+            "runp succeeded on a network that is not ready"
+        );
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    // Invalid JSON: not ready, naming the file; runp refused with the same reason.
+    std::fs::write(&file, "{ not json")?;
+    let cond = network_condition(&berthd)?;
+    let message = cond["message"].as_str().unwrap_or("");
+    ensure!(
+        cond["status"] == false && message.contains("10-net.conflist"),
+        "{cond}"
+    );
+    let err = runp_error()?;
+    ensure!(
+        err.contains("FailedPrecondition") && err.contains("10-net.conflist"),
+        "{err}"
+    );
+
+    // A CNI 1.1 berth-bridge network whose STATUS fails: its lease dir cannot be made.
+    let blocker = dir.join("not-a-dir");
+    std::fs::write(&blocker, "")?;
+    let conflist = |data_dir: &Path| {
+        json!({
+            "cniVersion": "1.1.0",
+            "name": bridge,
+            "plugins": [{"type": "berth-bridge", "bridge": bridge, "subnet": subnet, "dataDir": data_dir}],
+        })
+    };
+    std::fs::write(&file, serde_json::to_vec(&conflist(&blocker))?)?;
+    let cond = network_condition(&berthd)?;
+    let message = cond["message"].as_str().unwrap_or("");
+    ensure!(
+        cond["status"] == false && message.contains("STATUS") && message.contains("not-a-dir"),
+        "{cond}"
+    );
+    let err = runp_error()?;
+    ensure!(
+        err.contains("FailedPrecondition") && err.contains("STATUS"),
+        "{err}"
+    );
+
+    // Fixed in place: ready at once, and a pod runs.
+    std::fs::write(&file, serde_json::to_vec(&conflist(&dir.join("leases")))?)?;
+    let cond = network_condition(&berthd)?;
+    ensure!(cond["status"] == true, "{cond}");
+    let cfg = pod_config(&dir, "p", json!([]))?;
+    let pod = berthd.crictl_ok(&["runp", s(&cfg)?])?.trim().to_string();
+    let ip = pod_ip(&inspect(&berthd, &pod)?);
+    ensure!(in_subnet(&ip, &subnet), "{ip:?} not in {subnet}");
+    berthd.crictl_ok(&["rmp", "-f", &pod])?;
+    ensure!(nat_rules(&bridge) == 0 && veths_on(&bridge) == 0);
+    Ok(())
+}
