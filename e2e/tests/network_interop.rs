@@ -631,3 +631,90 @@ fn network_ready_follows_the_conf_dir_and_plugin_status_without_a_restart() -> R
     ensure!(nat_rules(&bridge) == 0 && veths_on(&bridge) == 0);
     Ok(())
 }
+
+/// Drops forwarded IPv6 from the test's pods to anything outside their subnet (the harness's
+/// guard is IPv4 only); removed on drop.
+struct Ip6Guard(String);
+
+impl Ip6Guard {
+    fn install(bridge: &str, subnet: &str) -> Result<Ip6Guard> {
+        let table = format!("berth-e2e-guard6-{bridge}");
+        let rules = format!(
+            "table ip6 {table} {{\n  chain forward {{\n    type filter hook forward priority -10; policy accept;\n    ip6 saddr {subnet} ip6 daddr != {subnet} drop\n  }}\n}}\n"
+        );
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("nft stdin")?
+            .write_all(rules.as_bytes())?;
+        ensure!(child.wait()?.success(), "installing {table}");
+        Ok(Ip6Guard(table))
+    }
+}
+
+impl Drop for Ip6Guard {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip6", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn dual_stack_pod_reports_its_ipv6_address_as_additional_ip() -> Result<()> {
+    let (bridge, subnet) = network(5);
+    let subnet6 = format!("fd87:{:x}:5::/64", std::process::id() % 0xffff);
+    let _guard6 = Ip6Guard::install(&bridge, &subnet6)?;
+    let berthd = Berthd::start(BerthdOptions {
+        // The bridge is deleted at teardown (with the IPv4 guard, the harness's own).
+        bridge: Some(bridge.clone()),
+        subnet: None,
+        ..BerthdOptions::default()
+    })?;
+    let paths = berthd.paths().clone();
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": "berth-e2e-dual",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": subnet}], [{"subnet": subnet6}]],
+                "dataDir": paths.state.join("cni-ipam"),
+            },
+        }],
+    });
+    std::fs::write(
+        paths.cni_conf_dir.join("10-dual.conflist"),
+        serde_json::to_vec(&conflist)?,
+    )?;
+    let cfg = pod_config(&paths.dir, "dual", json!([]))?;
+    let pod = berthd.crictl_ok(&["runp", s(&cfg)?])?.trim().to_string();
+    let status = inspect(&berthd, &pod)?;
+    let net = &status["status"]["network"];
+    let ip = net["ip"].as_str().unwrap_or("");
+    ensure!(
+        in_subnet(ip, &subnet),
+        "primary {ip:?} not in {subnet}: {net}"
+    );
+    let extra: Vec<&str> = net["additionalIps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["ip"].as_str())
+        .collect();
+    let prefix6 = subnet6.trim_end_matches(":/64");
+    ensure!(
+        extra.len() == 1 && extra[0].starts_with(prefix6),
+        "additional ips {extra:?} not one in {subnet6}: {net}"
+    );
+    berthd.crictl_ok(&["rmp", "-f", &pod])?;
+    ensure!(veths_on(&bridge) == 0);
+    Ok(())
+}
