@@ -640,7 +640,7 @@ impl Ip6Guard {
     fn install(bridge: &str, subnet: &str) -> Result<Ip6Guard> {
         let table = format!("berth-e2e-guard6-{bridge}");
         let rules = format!(
-            "table ip6 {table} {{\n  chain forward {{\n    type filter hook forward priority -10; policy accept;\n    ip6 saddr {subnet} ip6 daddr != {subnet} drop\n  }}\n}}\n"
+            "table ip6 {table} {{\n  chain forward {{\n    type filter hook forward priority -10; policy accept;\n    ip6 saddr {subnet} ip6 daddr != {{ {subnet}, fe80::/10, ff00::/8 }} drop\n  }}\n}}\n"
         );
         let mut child = Command::new("nft")
             .args(["-f", "-"])
@@ -716,5 +716,68 @@ fn dual_stack_pod_reports_its_ipv6_address_as_additional_ip() -> Result<()> {
     );
     berthd.crictl_ok(&["rmp", "-f", &pod])?;
     ensure!(veths_on(&bridge) == 0);
+    Ok(())
+}
+
+#[test]
+fn dual_stack_berth_bridge_pod_reports_both_addresses_and_releases_both() -> Result<()> {
+    let (bridge, subnet) = network(6);
+    let subnet6 = format!("fd87:{:x}:6::/64", std::process::id() % 0xffff);
+    let _guard6 = Ip6Guard::install(&bridge, &subnet6)?;
+    let berthd = Berthd::start(BerthdOptions {
+        bridge: Some(bridge.clone()),
+        ..BerthdOptions::default()
+    })?;
+    let paths = berthd.paths().clone();
+    let leases_dir = paths.dir.join("leases");
+    let conflist = json!({
+        "cniVersion": "1.1.0",
+        "name": bridge,
+        "plugins": [{
+            "type": "berth-bridge",
+            "bridge": bridge,
+            "ipMasq": true,
+            "dataDir": leases_dir,
+            "ipam": {"ranges": [[{"subnet": subnet}], [{"subnet": subnet6}]]},
+        }],
+    });
+    std::fs::write(
+        paths.cni_conf_dir.join("10-dual.conflist"),
+        serde_json::to_vec(&conflist)?,
+    )?;
+    let cfg = pod_config(&paths.dir, "dual", json!([]))?;
+    let pod = berthd.crictl_ok(&["runp", s(&cfg)?])?.trim().to_string();
+    let net = inspect(&berthd, &pod)?["status"]["network"].clone();
+    let ip = net["ip"].as_str().unwrap_or("");
+    ensure!(
+        in_subnet(ip, &subnet),
+        "primary {ip:?} not in {subnet}: {net}"
+    );
+    let extra: Vec<&str> = net["additionalIps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["ip"].as_str())
+        .collect();
+    ensure!(
+        extra.len() == 1 && extra[0].starts_with(subnet6.trim_end_matches(":/64")),
+        "additional ips {extra:?} not one in {subnet6}: {net}"
+    );
+    let lease_files: Vec<String> = std::fs::read_dir(leases_dir.join(&bridge))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    ensure!(lease_files.len() == 2, "{lease_files:?}");
+    berthd.crictl_ok(&["rmp", "-f", &pod])?;
+    let left = std::fs::read_dir(leases_dir.join(&bridge))?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<std::net::IpAddr>().is_ok())
+        })
+        .count();
+    ensure!(left == 0 && veths_on(&bridge) == 0 && nat_rules(&bridge) == 0);
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::bridge::ipam::Ipv4Net;
+use crate::bridge::ipam::IpNet;
 use crate::cni::{Attachment, CniRunner, GcReport};
 use crate::conf::{ConfError, NetworkConfigList, load_default};
 
@@ -110,7 +110,10 @@ impl DefaultNetwork {
             subnet: self.subnet.clone(),
             message,
         };
-        let net = Ipv4Net::parse(&self.subnet).map_err(bad)?;
+        let net = IpNet::parse(&self.subnet).map_err(bad)?;
+        if net.is_ipv6() {
+            return Err(bad("an IPv4 subnet is needed".to_string()));
+        }
         if net.prefix > 28 {
             return Err(bad("too small: a /28 or larger is needed".to_string()));
         }
@@ -118,7 +121,7 @@ impl DefaultNetwork {
             .subnet
             .split('/')
             .next()
-            .and_then(|a| a.parse::<Ipv4Addr>().ok());
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok());
         if given != Some(net.addr) {
             return Err(bad(format!(
                 "host bits are set (the network is {}/{})",
@@ -144,7 +147,7 @@ impl DefaultNetwork {
     /// pod's `lo` up itself, so no loopback plugin is needed). CNI 1.1, so that berthd can ask
     /// it for STATUS and GC.
     pub fn conflist(&self) -> Value {
-        let gateway = Ipv4Net::parse(&self.subnet)
+        let gateway = IpNet::parse(&self.subnet)
             .map(|n| n.first_host().to_string())
             .unwrap_or_default();
         json!({
@@ -198,7 +201,10 @@ impl DefaultNetwork {
 /// The gateway a default network of `subnet` gets (its first host), for documentation and
 /// tests.
 pub fn default_gateway(subnet: &str) -> Option<Ipv4Addr> {
-    Ipv4Net::parse(subnet).ok().map(|n| n.first_host())
+    match IpNet::parse(subnet).ok()?.first_host() {
+        std::net::IpAddr::V4(a) => Some(a),
+        std::net::IpAddr::V6(_) => None,
+    }
 }
 
 #[cfg(test)]
