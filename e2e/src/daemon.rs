@@ -338,6 +338,7 @@ impl Berthd {
 
     fn teardown(&mut self) {
         self.child.stop(self.options.stop_grace);
+        self.release_pod_networks();
         let dir = self.paths.dir.clone();
         // Twice: a shim killed in the first pass may have had children of its own.
         for _ in 0..2 {
@@ -362,6 +363,28 @@ impl Berthd {
             let path = dir.path().to_owned();
             if let Err(e) = dir.close() {
                 eprintln!("berth-e2e: remove {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+impl Berthd {
+    /// CNI DEL of every attachment berthd's result cache still holds (a failed test leaves
+    /// pods behind): host-local leases, portmap's iptables rules, berth-bridge's NAT rules and
+    /// veths live outside the test's directory. Runs while the namespaces are still pinned.
+    fn release_pod_networks(&self) {
+        let Ok(list) = berth_netplugin::conf::load_default(&self.paths.cni_conf_dir) else {
+            return;
+        };
+        let mut bin_dirs = vec![self.options.cni_bin_dir.clone()];
+        if let Some(dir) = self.binary.parent() {
+            bin_dirs.push(dir.to_path_buf());
+        }
+        let runner = berth_netplugin::cni::CniRunner::new(bin_dirs, self.paths.state.join("cni"));
+        // No valid attachment: every cached one is deleted (and CNI 1.1 plugins collect).
+        if let Err(errors) = runner.gc(&list, &[]) {
+            for e in errors {
+                eprintln!("berth-e2e: releasing pod networks: {e}");
             }
         }
     }

@@ -781,3 +781,34 @@ fn dual_stack_berth_bridge_pod_reports_both_addresses_and_releases_both() -> Res
     ensure!(left == 0 && veths_on(&bridge) == 0 && nat_rules(&bridge) == 0);
     Ok(())
 }
+
+#[test]
+fn harness_teardown_releases_the_networks_of_pods_a_test_left_running() -> Result<()> {
+    let (bridge, subnet) = network(7);
+    let host_port = free_port()?;
+    {
+        let berthd = Berthd::start(BerthdOptions::default().bridge_network(&bridge, &subnet))?;
+        let cfg = pod_config(
+            &berthd.paths().dir,
+            "left",
+            json!([{"protocol": 0, "container_port": 80, "host_port": host_port, "host_ip": "127.0.0.1"}]),
+        )?;
+        berthd.crictl_ok(&["runp", s(&cfg)?])?;
+        // Dropped with the pod running, as a failing test would.
+    }
+    let nat = Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()?;
+    let nat = String::from_utf8_lossy(&nat.stdout);
+    let prefix = subnet.trim_end_matches("0/24");
+    let left: Vec<&str> = nat
+        .lines()
+        .filter(|l| l.contains(prefix) || l.contains(&format!("--dport {host_port} ")))
+        .collect();
+    ensure!(left.is_empty(), "portmap rules left: {left:#?}");
+    ensure!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "bridge left"
+    );
+    Ok(())
+}
