@@ -453,7 +453,7 @@ fn default_network_pods_come_and_go_without_leftovers_and_gc_removes_unknown_one
     let paths = berthd.paths().clone();
 
     // The default network: installed into the empty conf dir, ready, on berth-bridge.
-    let conflist_path = paths.cni_conf_dir.join("10-berth.conflist");
+    let conflist_path = paths.cni_conf_dir.join("99-berth.conflist");
     let conflist: Value = serde_json::from_slice(
         &std::fs::read(&conflist_path).with_context(|| format!("{}", conflist_path.display()))?,
     )?;

@@ -18,9 +18,10 @@ use crate::conf::{ConfError, NetworkConfigList, load_default};
 /// The plugin type of berth-bridge, which is also its binary's name.
 pub const BERTH_BRIDGE: &str = "berth-bridge";
 
-/// The file name of the default configuration: first in lexical order among the usual
-/// `10-*.conflist` names only if nothing else is there, which is the only case it is written.
-pub const DEFAULT_CONFLIST: &str = "10-berth.conflist";
+/// The file name of the default configuration. It is only written into an empty dir, and it
+/// sorts after the names network add-ons install (`05-cilium`, `10-calico`, `10-flannel`,
+/// ...), so an operator's network installed later takes over without anyone deleting it.
+pub const DEFAULT_CONFLIST: &str = "99-berth.conflist";
 
 /// Why the network is not ready; the message names the file (or dir) and the error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,7 +168,7 @@ impl DefaultNetwork {
         })
     }
 
-    /// Writes [`DefaultNetwork::conflist`] as `conf_dir/10-berth.conflist` when the dir holds
+    /// Writes [`DefaultNetwork::conflist`] as `conf_dir/99-berth.conflist` when the dir holds
     /// no network configuration (a dir with an invalid one is left for its owner to fix).
     /// Written to a temporary name and renamed, so a reader never sees half a file. Returns
     /// the path written, if any.
@@ -256,6 +257,15 @@ mod tests {
         assert!(parsed.ip_masq && parsed.hairpin);
         let leftovers: Vec<_> = std::fs::read_dir(&conf).unwrap().flatten().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left");
+
+        // A network add-on installed later sorts first and takes over.
+        std::fs::write(
+            conf.join("10-addon.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"addon","plugins":[{"type":"x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(load_default(&conf).unwrap().name, "addon");
+        std::fs::remove_file(conf.join("10-addon.conflist")).unwrap();
 
         // Present (even someone else's, even invalid): never overwritten.
         std::fs::write(&path, "{ broken").unwrap();

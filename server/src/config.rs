@@ -223,7 +223,7 @@ cni_conf_dir = "/etc/cni/net.d"
 # berth-bridge is also found next to berthd.
 cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 
-# When cni_conf_dir holds no network config at start, write 10-berth.conflist there: one
+# When cni_conf_dir holds no network config at start, write 99-berth.conflist there: one
 # berth-bridge network (masquerade, host ports) on default_bridge with default_subnet.
 install_default_conflist = true
 
