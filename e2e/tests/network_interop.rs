@@ -812,3 +812,31 @@ fn harness_teardown_releases_the_networks_of_pods_a_test_left_running() -> Resul
     );
     Ok(())
 }
+
+#[test]
+fn a_pod_is_detached_with_the_chain_it_was_attached_with_after_the_config_changed() -> Result<()> {
+    let (bridge, subnet) = network(8);
+    let berthd = Berthd::start(BerthdOptions::default().bridge_network(&bridge, &subnet))?;
+    let paths = berthd.paths().clone();
+    let cfg = pod_config(&paths.dir, "moved", json!([]))?;
+    let pod = berthd.crictl_ok(&["runp", s(&cfg)?])?.trim().to_string();
+    let lease_dir = paths.state.join("cni-ipam/berth-e2e");
+    ensure!(leases(&lease_dir).len() == 1 && veths_on(&bridge) == 1);
+
+    // The operator replaces the network: the pod's DEL still runs bridge + host-local.
+    for entry in std::fs::read_dir(&paths.cni_conf_dir)? {
+        std::fs::remove_file(entry?.path())?;
+    }
+    std::fs::write(
+        paths.cni_conf_dir.join("05-other.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"no-such-plugin"}]}"#,
+    )?;
+    berthd.crictl_ok(&["rmp", "-f", &pod])?;
+    ensure!(
+        leases(&lease_dir).is_empty(),
+        "lease left: {:?}",
+        leases(&lease_dir)
+    );
+    ensure!(veths_on(&bridge) == 0, "veth left on {bridge}");
+    Ok(())
+}

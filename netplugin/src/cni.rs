@@ -53,6 +53,8 @@ struct CacheEntry {
     netns: PathBuf,
     args: Vec<(String, String)>,
     capability_args: BTreeMap<String, Value>,
+    /// The network configuration ADD ran with, when the entry records it.
+    config: Option<NetworkConfigList>,
 }
 
 /// Whether a chain's `cniVersion` has STATUS and GC (CNI 1.1 and later).
@@ -139,6 +141,25 @@ impl CniRunner {
         }
     }
 
+    /// DEL of `rt`'s attachments with the network configuration their ADD ran with, as the
+    /// result cache records it (whatever the conf dir holds now). Returns how many cached
+    /// attachments of the container and interface were deleted; 0 when the cache knows none
+    /// (the caller then runs [`CniRunner::del`] with the current configuration).
+    pub fn del_cached(&self, rt: &RuntimeConf) -> Result<usize, CniError> {
+        let mut deleted = 0;
+        for entry in self.cache_entries()? {
+            if entry.attachment.container_id != rt.container_id
+                || entry.attachment.if_name != rt.if_name
+            {
+                continue;
+            }
+            let Some(list) = entry.config else { continue };
+            self.del(&list, rt)?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
     /// Asks every plugin to verify the attachment against the cached ADD result.
     pub fn check(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), CniError> {
         let cached = self.read_cache(list, rt)?;
@@ -178,11 +199,12 @@ impl CniRunner {
         Ok(())
     }
 
-    /// Garbage collection of the attachments of `list`'s network that are not in `valid`, as
-    /// libcni does it: a DEL for each cached attachment that is not valid (with what its ADD
-    /// was given), then, for a chain of CNI 1.1 or later, GC through every plugin with the
-    /// valid attachments, so that plugins also drop what no cache entry remembers. Every step
-    /// runs; the errors are returned together.
+    /// Garbage collection of the attachments that are not in `valid`, as libcni does it: a DEL
+    /// for each cached attachment that is not valid (with the chain and arguments its ADD ran
+    /// with, so also those of a network the conf dir no longer holds), then, for a `list` of
+    /// CNI 1.1 or later, GC through every plugin with the valid attachments, so that plugins
+    /// also drop what no cache entry remembers. Every step runs; the errors are returned
+    /// together.
     pub fn gc(
         &self,
         list: &NetworkConfigList,
@@ -198,9 +220,15 @@ impl CniRunner {
             }
         };
         for entry in entries {
-            if entry.network != list.name || valid.contains(&entry.attachment) {
+            if valid.contains(&entry.attachment) {
                 continue;
             }
+            // The chain the ADD ran; an older entry without it only for the current network.
+            let config = match entry.config {
+                Some(config) => config,
+                None if entry.network == list.name => list.clone(),
+                None => continue,
+            };
             let rt = RuntimeConf {
                 container_id: entry.attachment.container_id.clone(),
                 netns: entry.netns,
@@ -208,7 +236,7 @@ impl CniRunner {
                 args: entry.args,
                 capability_args: entry.capability_args,
             };
-            match self.del(list, &rt) {
+            match self.del(&config, &rt) {
                 Ok(()) => report.deleted.push(entry.attachment),
                 Err(e) => errors.push(e),
             }
@@ -288,6 +316,7 @@ impl CniRunner {
                 netns: text("netns").map(PathBuf::from).unwrap_or_default(),
                 args,
                 capability_args,
+                config: v.get("config").and_then(|c| cached_config(c, &path)),
             });
         }
         Ok(entries)
@@ -436,6 +465,12 @@ impl CniRunner {
             "netns": rt.netns,
             "args": rt.args,
             "capabilityArgs": rt.capability_args,
+            // So that DEL runs the chain ADD ran, even after the conf dir changed.
+            "config": {
+                "name": list.name,
+                "cniVersion": list.cni_version,
+                "plugins": list.plugins,
+            },
             "result": result,
         });
         if let Some(dir) = path.parent() {
@@ -461,6 +496,22 @@ impl CniRunner {
             Err(source) => Err(CniError::Cache { path, source }),
         }
     }
+}
+
+/// The configuration list a cache entry recorded, validated like a conf file.
+fn cached_config(config: &Value, path: &std::path::Path) -> Option<NetworkConfigList> {
+    let plugins: Vec<Value> = config.get("plugins")?.as_array()?.clone();
+    let plugin_types = plugins
+        .iter()
+        .map(|p| p.get("type").and_then(Value::as_str).map(String::from))
+        .collect::<Option<Vec<_>>>()?;
+    Some(NetworkConfigList {
+        name: config.get("name")?.as_str()?.to_string(),
+        cni_version: config.get("cniVersion")?.as_str()?.to_string(),
+        plugin_types,
+        plugins,
+        source: path.to_path_buf(),
+    })
 }
 
 /// The configuration one plugin of the chain receives on stdin.
@@ -752,6 +803,7 @@ mod tests {
         l.cni_version = "1.1.0".into();
         let mut other = l.clone();
         other.name = "other".into();
+        other.plugins[0]["net"] = json!("older");
         runner.add(&l, &pod("kept")).unwrap();
         runner.add(&l, &pod("stale")).unwrap();
         runner.add(&other, &pod("elsewhere")).unwrap();
@@ -762,33 +814,40 @@ mod tests {
             if_name: "eth0".into(),
         };
         let report = runner.gc(&l, std::slice::from_ref(&kept)).unwrap();
-        assert_eq!(
-            report.deleted,
-            vec![Attachment {
-                container_id: "stale".into(),
-                if_name: "eth0".into()
-            }]
-        );
+        let mut deleted: Vec<&str> = report
+            .deleted
+            .iter()
+            .map(|a| a.container_id.as_str())
+            .collect();
+        deleted.sort();
+        assert_eq!(deleted, ["elsewhere", "stale"]);
         assert!(report.collected);
         let lines: Vec<String> = std::fs::read_to_string(&log)
             .unwrap()
             .lines()
             .map(String::from)
             .collect();
-        assert_eq!(lines.len(), 2, "{lines:#?}");
-        assert!(lines[0].starts_with("DEL [stale]"), "{lines:#?}");
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        let stale = lines.iter().find(|l| l.starts_with("DEL [stale]")).unwrap();
         assert!(
-            lines[0].contains("10.9.0.5") && lines[0].contains("\"hostPort\":80"),
-            "the stale DEL gets the cached result and capability args: {}",
-            lines[0]
+            stale.contains("10.9.0.5") && stale.contains("\"hostPort\":80"),
+            "the stale DEL gets the cached result and capability args: {stale}"
         );
-        assert!(lines[1].starts_with("GC [] "), "{lines:#?}");
+        let elsewhere = lines
+            .iter()
+            .find(|l| l.starts_with("DEL [elsewhere]"))
+            .unwrap();
         assert!(
-            lines[1].contains(
+            elsewhere.contains("\"net\":\"older\"") && elsewhere.contains("\"name\":\"other\""),
+            "an attachment of an older network is deleted with its own chain: {elsewhere}"
+        );
+        assert!(lines[2].starts_with("GC [] "), "{lines:#?}");
+        assert!(
+            lines[2].contains(
                 r#""cni.dev/valid-attachments":[{"containerID":"kept","ifname":"eth0"}]"#
             ),
             "{}",
-            lines[1]
+            lines[2]
         );
         assert!(runner.cached_result(&l, &pod("kept")).unwrap().is_some());
         assert!(runner.cached_result(&l, &pod("stale")).unwrap().is_none());
@@ -796,20 +855,43 @@ mod tests {
             runner
                 .cached_result(&other, &pod("elsewhere"))
                 .unwrap()
-                .is_some(),
-            "another network's cache is not touched"
+                .is_none()
         );
 
         // Before CNI 1.1: the stale DELs only.
+        runner.add(&other, &pod("again")).unwrap();
         std::fs::remove_file(&log).unwrap();
         let mut old = other.clone();
         old.cni_version = "1.0.0".into();
-        let report = runner.gc(&old, &[]).unwrap();
+        let report = runner.gc(&old, std::slice::from_ref(&kept)).unwrap();
         assert!(!report.collected && report.deleted.len() == 1);
         let lines = std::fs::read_to_string(&log).unwrap();
         assert!(
-            lines.starts_with("DEL [elsewhere]") && !lines.contains("GC"),
+            lines.starts_with("DEL [again]") && !lines.contains("GC"),
             "{lines}"
+        );
+    }
+
+    #[test]
+    fn del_cached_runs_the_chain_add_ran_after_the_config_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = logging_plugin(dir.path());
+        let runner = CniRunner::new(vec![dir.path().into()], dir.path().join("cache"));
+        let old = list(json!([{"type": "fake", "generation": "old"}]));
+        runner.add(&old, &pod("p1")).unwrap();
+        std::fs::remove_file(&log).unwrap();
+
+        assert_eq!(runner.del_cached(&pod("p1")).unwrap(), 1);
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            lines.starts_with("DEL [p1]") && lines.contains("\"generation\":\"old\""),
+            "{lines}"
+        );
+        assert_eq!(runner.cached_result(&old, &pod("p1")).unwrap(), None);
+        assert_eq!(
+            runner.del_cached(&pod("p1")).unwrap(),
+            0,
+            "nothing cached any more"
         );
     }
 

@@ -122,6 +122,13 @@ impl PodNetwork for CniNetwork {
     }
 
     fn teardown(&self, pod: &NetworkAttachment) -> Result<(), NetworkError> {
+        let rt = Self::runtime_conf(pod);
+        // The chain ADD ran, from the result cache: the conf dir may hold another one by now.
+        match self.network.runner().del_cached(&rt) {
+            Ok(0) => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(NetworkError::Plugin(e.to_string())),
+        }
         let list = match self.network.config() {
             Ok(list) => list,
             Err(e) => {
@@ -132,7 +139,7 @@ impl PodNetwork for CniNetwork {
         };
         self.network
             .runner()
-            .del(&list, &Self::runtime_conf(pod))
+            .del(&list, &rt)
             .map_err(|e| NetworkError::Plugin(e.to_string()))
     }
 }
