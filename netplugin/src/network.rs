@@ -6,7 +6,6 @@
 //! no watcher thread, and no window in which a cached answer is stale. containerd watches the
 //! dir with fsnotify to the same effect.
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -199,15 +198,6 @@ impl DefaultNetwork {
     }
 }
 
-/// The gateway a default network of `subnet` gets (its first host), for documentation and
-/// tests.
-pub fn default_gateway(subnet: &str) -> Option<Ipv4Addr> {
-    match IpNet::parse(subnet).ok()?.first_host() {
-        std::net::IpAddr::V4(a) => Some(a),
-        std::net::IpAddr::V6(_) => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,10 +289,6 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("a-name-longer")
-        );
-        assert_eq!(
-            default_gateway("10.87.0.0/16"),
-            Some(Ipv4Addr::new(10, 87, 0, 1))
         );
     }
 
