@@ -20,25 +20,28 @@
 //! `recovery` (berth only): `--pods` pods (default 100) with a running container each, kill -9
 //! of berthd, and the time until the restarted berthd answers with every container still
 //! running, over `--runs` restarts.
+//!
+//! `net`: CNI ADD and DEL time per pod, berth-bridge against Debian's bridge + host-local +
+//! portmap chain, on namespaces the benchmark creates (`net.rs`); needs berth-bridge built
+//! into the same profile dir (`cargo build --release -p berth-netplugin -p berth-bench`).
 
-mod containerd;
+mod net;
 mod procs;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use berth_e2e::containerd::Containerd;
 use berth_e2e::daemon::{Berthd, BerthdOptions, ForwardGuard, bridge_conflist};
 use berth_e2e::image::{Compression, Image, ImageConfig, LayerBuilder, Meta, Platform};
 use berth_e2e::registry::Registry;
 use berth_e2e::testimages::push_critest_images;
 use berth_e2e::tools;
 
-use crate::containerd::Containerd;
-
 /// Uncompressed sizes of the benchmark image's layers, largest first, in MiB (200 in all).
 const LAYER_MIB: [usize; 5] = [80, 50, 40, 20, 10];
 
-const USAGE: &str = "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N] | recovery [--runs N] [--pods N]";
+const USAGE: &str = "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N] | recovery [--runs N] [--pods N] | net [--runs N]";
 
 /// The container the benchmarks run: critest's busybox, served by the local registry.
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -69,6 +72,7 @@ fn main() -> Result<()> {
             "pull" => what = Some("pull"),
             "pods" => what = Some("pods"),
             "recovery" => what = Some("recovery"),
+            "net" => what = Some("net"),
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
@@ -76,6 +80,7 @@ fn main() -> Result<()> {
         Some("pull") => bench_pull(runs.max(1)),
         Some("pods") => bench_pods(runs.max(1), pods.unwrap_or(50).max(1)),
         Some("recovery") => bench_recovery(runs.max(1), pods.unwrap_or(100).max(1)),
+        Some("net") => net::bench_net(runs.max(1)),
         _ => bail!("{USAGE}"),
     }
 }

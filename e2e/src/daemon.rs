@@ -53,6 +53,10 @@ pub struct BerthdOptions {
     pub bridge: Option<String>,
     /// IPv4 CIDR for the bridge network's host-local IPAM, e.g. `10.88.7.0/24`.
     pub subnet: Option<String>,
+    /// `(bridge, subnet)`: berthd installs its default berth-bridge network with these (the
+    /// bridge is deleted and the forward guard removed at teardown). Without it berthd is told
+    /// not to install any default network.
+    pub default_network: Option<(String, String)>,
     /// A directory owned by this test in which berthd creates network namespace files: every
     /// entry is unmounted and removed at teardown. Never a shared one such as `/run/netns`.
     pub netns_dir: Option<PathBuf>,
@@ -74,6 +78,7 @@ impl Default for BerthdOptions {
             cni_bin_dir: PathBuf::from(DEBIAN_CNI_BIN_DIR),
             bridge: None,
             subnet: None,
+            default_network: None,
             netns_dir: None,
             ready_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
@@ -114,6 +119,12 @@ impl BerthdOptions {
 
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// berthd's own default network (berth-bridge) on `bridge` with `subnet`.
+    pub fn default_network(mut self, bridge: &str, subnet: &str) -> Self {
+        self.default_network = Some((bridge.to_owned(), subnet.to_owned()));
         self
     }
 
@@ -341,6 +352,7 @@ impl Berthd {
 
     fn teardown(&mut self) {
         self.child.stop(self.options.stop_grace);
+        self.release_pod_networks();
         let dir = self.paths.dir.clone();
         // Twice: a shim killed in the first pass may have had children of its own.
         for _ in 0..2 {
@@ -352,6 +364,12 @@ impl Berthd {
             remove_netns_files(netns_dir);
         }
         if let Some(bridge) = &self.options.bridge {
+            delete_berth_bridge_nat(bridge);
+            delete_link(bridge);
+            remove_forward_guard(bridge);
+        }
+        if let Some((bridge, _)) = &self.options.default_network {
+            delete_berth_bridge_nat(bridge);
             delete_link(bridge);
             remove_forward_guard(bridge);
         }
@@ -359,6 +377,28 @@ impl Berthd {
             let path = dir.path().to_owned();
             if let Err(e) = dir.close() {
                 eprintln!("berth-e2e: remove {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+impl Berthd {
+    /// CNI DEL of every attachment berthd's result cache still holds (a failed test leaves
+    /// pods behind): host-local leases, portmap's iptables rules, berth-bridge's NAT rules and
+    /// veths live outside the test's directory. Runs while the namespaces are still pinned.
+    fn release_pod_networks(&self) {
+        let Ok(list) = berth_netplugin::conf::load_default(&self.paths.cni_conf_dir) else {
+            return;
+        };
+        let mut bin_dirs = vec![self.options.cni_bin_dir.clone()];
+        if let Some(dir) = self.binary.parent() {
+            bin_dirs.push(dir.to_path_buf());
+        }
+        let runner = berth_netplugin::cni::CniRunner::new(bin_dirs, self.paths.state.join("cni"));
+        // No valid attachment: every cached one is deleted (and CNI 1.1 plugins collect).
+        if let Err(errors) = runner.gc(&list, &[]) {
+            for e in errors {
+                eprintln!("berth-e2e: releasing pod networks: {e}");
             }
         }
     }
@@ -430,6 +470,9 @@ fn prepare_files(paths: &BerthdPaths, options: &BerthdOptions) -> Result<()> {
         std::fs::write(&file, serde_json::to_vec_pretty(&conflist)?)
             .with_context(|| format!("write {}", file.display()))?;
     }
+    if let Some((bridge, subnet)) = &options.default_network {
+        install_forward_guard(bridge, subnet)?;
+    }
     Ok(())
 }
 
@@ -446,6 +489,15 @@ fn berthd_args(paths: &BerthdPaths, options: &BerthdOptions) -> Vec<OsString> {
     flag("--log-level", "debug".into());
     flag("--cni-conf-dir", paths.cni_conf_dir.clone().into());
     flag("--cni-bin-dir", options.cni_bin_dir.clone().into());
+    match &options.default_network {
+        Some((bridge, subnet)) => {
+            flag("--install-default-conflist", "true".into());
+            flag("--default-subnet", subnet.into());
+            flag("--default-bridge", bridge.into());
+            flag("--default-network-name", bridge.into());
+        }
+        None => flag("--install-default-conflist", "false".into()),
+    }
     for host in &options.insecure_registries {
         flag("--insecure-registry", host.into());
     }
@@ -504,7 +556,8 @@ fn guard_table(bridge: &str) -> String {
 }
 
 /// A forward guard for a bridge this harness does not manage itself (a benchmark's other
-/// runtime): installed on creation, removed on drop.
+/// runtime, containerd in an interop test): installed on creation; on drop the guard, the
+/// bridge and a berth-bridge NAT table of a network named after the bridge are removed.
 pub struct ForwardGuard(String);
 
 impl ForwardGuard {
@@ -517,6 +570,7 @@ impl ForwardGuard {
 impl Drop for ForwardGuard {
     fn drop(&mut self) {
         remove_forward_guard(&self.0);
+        delete_berth_bridge_nat(&self.0);
         delete_link(&self.0);
     }
 }
@@ -554,6 +608,33 @@ fn remove_forward_guard(bridge: &str) {
         .args(["delete", "table", "ip", &table])
         .stderr(std::process::Stdio::null())
         .status();
+}
+
+/// berth-bridge's nftables table of a network on `bridge`, if a failed test left it.
+fn delete_berth_bridge_nat(bridge: &str) {
+    let Ok(out) = Command::new("nft").args(["-j", "list", "tables"]).output() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let Some(table) = item.get("table") else {
+            continue;
+        };
+        let (Some(family), Some(name)) = (table["family"].as_str(), table["name"].as_str()) else {
+            continue;
+        };
+        // berth-bridge's table is `berth-<network name>`; the harness names the network after
+        // its bridge.
+        if name == format!("berth-{bridge}") {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, name])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
 }
 
 fn delete_link(name: &str) {
@@ -604,6 +685,8 @@ mod tests {
                 "/tmp/t/cni/net.d",
                 "--cni-bin-dir",
                 "/usr/lib/cni",
+                "--install-default-conflist",
+                "false",
                 "--insecure-registry",
                 "127.0.0.1:5000",
                 "--registry-mirror",

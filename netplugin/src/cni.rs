@@ -7,6 +7,7 @@
 //! previous one's result as `prevResult`; DEL runs it in reverse with the cached ADD result.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -28,6 +29,41 @@ pub struct RuntimeConf {
     /// Capability arguments (`portMappings`, `dns`, `bandwidth`, `ipRanges`), each given only to
     /// plugins that declare the capability.
     pub capability_args: BTreeMap<String, Value>,
+}
+
+/// One attachment of a network: a container (berthd: a pod) and its interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub container_id: String,
+    pub if_name: String,
+}
+
+/// What a [`CniRunner::gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Cached attachments that were not valid and were deleted.
+    pub deleted: Vec<Attachment>,
+    /// Whether the plugins were asked to GC (CNI 1.1 chains only).
+    pub collected: bool,
+}
+
+struct CacheEntry {
+    network: String,
+    attachment: Attachment,
+    netns: PathBuf,
+    args: Vec<(String, String)>,
+    capability_args: BTreeMap<String, Value>,
+    /// The network configuration ADD ran with, when the entry records it.
+    config: Option<NetworkConfigList>,
+}
+
+/// Whether a chain's `cniVersion` has STATUS and GC (CNI 1.1 and later).
+pub fn supports_status_and_gc(cni_version: &str) -> bool {
+    let mut parts = cni_version
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 1)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +141,25 @@ impl CniRunner {
         }
     }
 
+    /// DEL of `rt`'s attachments with the network configuration their ADD ran with, as the
+    /// result cache records it (whatever the conf dir holds now). Returns how many cached
+    /// attachments of the container and interface were deleted; 0 when the cache knows none
+    /// (the caller then runs [`CniRunner::del`] with the current configuration).
+    pub fn del_cached(&self, rt: &RuntimeConf) -> Result<usize, CniError> {
+        let mut deleted = 0;
+        for entry in self.cache_entries()? {
+            if entry.attachment.container_id != rt.container_id
+                || entry.attachment.if_name != rt.if_name
+            {
+                continue;
+            }
+            let Some(list) = entry.config else { continue };
+            self.del(&list, rt)?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
     /// Asks every plugin to verify the attachment against the cached ADD result.
     pub fn check(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), CniError> {
         let cached = self.read_cache(list, rt)?;
@@ -122,6 +177,149 @@ impl CniRunner {
         rt: &RuntimeConf,
     ) -> Result<Option<Value>, CniError> {
         self.read_cache(list, rt)
+    }
+
+    /// Fails naming the first plugin of the chain that no bin dir holds.
+    pub fn find_plugins(&self, list: &NetworkConfigList) -> Result<(), CniError> {
+        list.plugin_types
+            .iter()
+            .try_for_each(|t| self.find(t).map(|_| ()))
+    }
+
+    /// CNI STATUS (1.1): whether every plugin of the chain is ready for ADD. A chain whose
+    /// `cniVersion` predates STATUS is taken as ready, as libcni does.
+    pub fn status(&self, list: &NetworkConfigList) -> Result<(), CniError> {
+        if !supports_status_and_gc(&list.cni_version) {
+            return Ok(());
+        }
+        for plugin in &list.plugins {
+            let conf = plugin_conf(list, plugin, None, &RuntimeConf::default());
+            self.exec_env(plugin, "STATUS", &conf, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Garbage collection of the attachments that are not in `valid`, as libcni does it: a DEL
+    /// for each cached attachment that is not valid (with the chain and arguments its ADD ran
+    /// with, so also those of a network the conf dir no longer holds), then, for a `list` of
+    /// CNI 1.1 or later, GC through every plugin with the valid attachments, so that plugins
+    /// also drop what no cache entry remembers. Every step runs; the errors are returned
+    /// together.
+    pub fn gc(
+        &self,
+        list: &NetworkConfigList,
+        valid: &[Attachment],
+    ) -> Result<GcReport, Vec<CniError>> {
+        let mut errors = Vec::new();
+        let mut report = GcReport::default();
+        let entries = match self.cache_entries() {
+            Ok(entries) => entries,
+            Err(e) => {
+                errors.push(e);
+                Vec::new()
+            }
+        };
+        for entry in entries {
+            if valid.contains(&entry.attachment) {
+                continue;
+            }
+            // The chain the ADD ran; an older entry without it only for the current network.
+            let config = match entry.config {
+                Some(config) => config,
+                None if entry.network == list.name => list.clone(),
+                None => continue,
+            };
+            let rt = RuntimeConf {
+                container_id: entry.attachment.container_id.clone(),
+                netns: entry.netns,
+                if_name: entry.attachment.if_name.clone(),
+                args: entry.args,
+                capability_args: entry.capability_args,
+            };
+            match self.del(&config, &rt) {
+                Ok(()) => report.deleted.push(entry.attachment),
+                Err(e) => errors.push(e),
+            }
+        }
+        if supports_status_and_gc(&list.cni_version) {
+            let attachments: Vec<Value> = valid
+                .iter()
+                .map(|a| json!({"containerID": a.container_id, "ifname": a.if_name}))
+                .collect();
+            for plugin in &list.plugins {
+                let mut conf = plugin_conf(list, plugin, None, &RuntimeConf::default());
+                conf["cni.dev/valid-attachments"] = Value::Array(attachments.clone());
+                match self.exec_env(plugin, "GC", &conf, &[]) {
+                    Ok(_) => report.collected = true,
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(report)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Every readable entry of the result cache; unreadable or foreign files are skipped.
+    fn cache_entries(&self) -> Result<Vec<CacheEntry>, CniError> {
+        let dir = self.cache_dir.join("results");
+        let read = match std::fs::read_dir(&dir) {
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(CniError::Cache { path: dir, source }),
+        };
+        let mut entries = Vec::new();
+        for file in read.flatten() {
+            let path = file.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                continue;
+            }
+            let Some(v) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            else {
+                continue;
+            };
+            let text = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+            let (Some(network), Some(container_id), Some(if_name)) =
+                (text("networkName"), text("containerId"), text("ifName"))
+            else {
+                continue;
+            };
+            let args = v
+                .get("args")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| {
+                            Some((
+                                p.get(0)?.as_str()?.to_string(),
+                                p.get(1)?.as_str()?.to_string(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let capability_args = v
+                .get("capabilityArgs")
+                .and_then(Value::as_object)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            entries.push(CacheEntry {
+                network,
+                attachment: Attachment {
+                    container_id,
+                    if_name,
+                },
+                netns: text("netns").map(PathBuf::from).unwrap_or_default(),
+                args,
+                capability_args,
+                config: v.get("config").and_then(|c| cached_config(c, &path)),
+            });
+        }
+        Ok(entries)
     }
 
     fn find(&self, plugin_type: &str) -> Result<PathBuf, CniError> {
@@ -145,13 +343,37 @@ impl CniRunner {
         })
     }
 
-    /// Runs one plugin; `Ok(None)` when it printed nothing (as DEL and CHECK do).
+    /// Runs one plugin for one attachment; `Ok(None)` when it printed nothing (as DEL and
+    /// CHECK do).
     fn exec(
         &self,
         plugin: &Value,
         command: &'static str,
         conf: &Value,
         rt: &RuntimeConf,
+    ) -> Result<Option<Value>, CniError> {
+        // Plugins reject CNI_ARGS keys they do not know unless told otherwise, and the
+        // Kubernetes keys are unknown to most of them (containerd and CRI-O do the same).
+        let args = std::iter::once("IgnoreUnknown=1".to_string())
+            .chain(rt.args.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect::<Vec<_>>()
+            .join(";");
+        let env = [
+            ("CNI_CONTAINERID", OsString::from(&rt.container_id)),
+            ("CNI_NETNS", rt.netns.clone().into_os_string()),
+            ("CNI_IFNAME", OsString::from(&rt.if_name)),
+            ("CNI_ARGS", OsString::from(args)),
+        ];
+        self.exec_env(plugin, command, conf, &env)
+    }
+
+    /// Runs one plugin with `CNI_COMMAND`, `CNI_PATH`, `PATH` and `env`.
+    fn exec_env(
+        &self,
+        plugin: &Value,
+        command: &'static str,
+        conf: &Value,
+        env: &[(&str, OsString)],
     ) -> Result<Option<Value>, CniError> {
         let plugin_type = plugin.get("type").and_then(Value::as_str).unwrap_or("");
         let path = self.find(plugin_type)?;
@@ -161,19 +383,10 @@ impl CniRunner {
         };
         let cni_path = std::env::join_paths(&self.bin_dirs)
             .map_err(|e| exec_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-        // Plugins reject CNI_ARGS keys they do not know unless told otherwise, and the
-        // Kubernetes keys are unknown to most of them (containerd and CRI-O do the same).
-        let args = std::iter::once("IgnoreUnknown=1".to_string())
-            .chain(rt.args.iter().map(|(k, v)| format!("{k}={v}")))
-            .collect::<Vec<_>>()
-            .join(";");
-        let mut child = Command::new(&path)
-            .env_clear()
+        let mut cmd = Command::new(&path);
+        cmd.env_clear()
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &rt.container_id)
-            .env("CNI_NETNS", &rt.netns)
-            .env("CNI_IFNAME", &rt.if_name)
-            .env("CNI_ARGS", args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("CNI_PATH", cni_path)
             // Plugins such as portmap run iptables, which needs a PATH.
             .env(
@@ -182,12 +395,26 @@ impl CniRunner {
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(exec_err)?;
+            .stderr(Stdio::piped());
+        // A plugin binary being replaced, or just written while another thread forks, fails
+        // with ETXTBSY for a moment; libcni retries too.
+        let mut attempt = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && attempt < 10 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
+                }
+                r => break r.map_err(exec_err)?,
+            }
+        };
         let input = serde_json::to_vec(conf).unwrap_or_default();
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(&input).map_err(exec_err)?;
+            // A plugin may exit without reading its input: its exit status tells.
+            match stdin.write_all(&input) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(exec_err(e)),
+                _ => {}
+            }
         }
         let out = child.wait_with_output().map_err(exec_err)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -236,6 +463,14 @@ impl CniRunner {
             "ifName": rt.if_name,
             "networkName": list.name,
             "netns": rt.netns,
+            "args": rt.args,
+            "capabilityArgs": rt.capability_args,
+            // So that DEL runs the chain ADD ran, even after the conf dir changed.
+            "config": {
+                "name": list.name,
+                "cniVersion": list.cni_version,
+                "plugins": list.plugins,
+            },
             "result": result,
         });
         if let Some(dir) = path.parent() {
@@ -261,6 +496,22 @@ impl CniRunner {
             Err(source) => Err(CniError::Cache { path, source }),
         }
     }
+}
+
+/// The configuration list a cache entry recorded, validated like a conf file.
+fn cached_config(config: &Value, path: &std::path::Path) -> Option<NetworkConfigList> {
+    let plugins: Vec<Value> = config.get("plugins")?.as_array()?.clone();
+    let plugin_types = plugins
+        .iter()
+        .map(|p| p.get("type").and_then(Value::as_str).map(String::from))
+        .collect::<Option<Vec<_>>>()?;
+    Some(NetworkConfigList {
+        name: config.get("name")?.as_str()?.to_string(),
+        cni_version: config.get("cniVersion")?.as_str()?.to_string(),
+        plugin_types,
+        plugins,
+        source: path.to_path_buf(),
+    })
 }
 
 /// The configuration one plugin of the chain receives on stdin.
@@ -495,6 +746,152 @@ mod tests {
         assert!(
             lines[4].starts_with("DEL") && !lines[4].contains("prevResult"),
             "second DEL has no cache"
+        );
+    }
+
+    /// A fake plugin that logs each call (command, container id, stdin) and answers ADD.
+    fn logging_plugin(dir: &std::path::Path) -> PathBuf {
+        let log = dir.join("log");
+        let script = format!(
+            "#!/bin/sh\nin=$(cat)\necho \"$CNI_COMMAND [$CNI_CONTAINERID] $in\" >> {log}\n\
+             [ \"$CNI_COMMAND\" = ADD ] && echo '{{\"cniVersion\":\"1.1.0\",\"ips\":[{{\"address\":\"10.9.0.5/16\"}}]}}'\nexit 0\n",
+            log = log.display()
+        );
+        let plugin = dir.join("fake");
+        std::fs::write(&plugin, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        log
+    }
+
+    fn pod(id: &str) -> RuntimeConf {
+        let mut rt = RuntimeConf {
+            container_id: id.into(),
+            netns: format!("/run/netns/{id}").into(),
+            if_name: "eth0".into(),
+            args: vec![("K8S_POD_NAME".into(), id.into())],
+            ..Default::default()
+        };
+        rt.capability_args
+            .insert("portMappings".into(), json!([{"hostPort": 80}]));
+        rt
+    }
+
+    #[test]
+    fn status_runs_only_for_cni_1_1_chains_without_attachment_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = logging_plugin(dir.path());
+        let runner = CniRunner::new(vec![dir.path().into()], dir.path().join("cache"));
+        let mut l = list(json!([{"type": "fake"}]));
+        runner.status(&l).unwrap();
+        assert!(!log.exists(), "1.0.0 chains are not asked");
+        l.cni_version = "1.1.0".into();
+        runner.status(&l).unwrap();
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert!(lines.starts_with("STATUS [] {"), "{lines}");
+        assert!(lines.contains("\"cniVersion\":\"1.1.0\""), "{lines}");
+        assert!(supports_status_and_gc("1.1.0") && supports_status_and_gc("2.0.0"));
+        assert!(!supports_status_and_gc("1.0.0") && !supports_status_and_gc("0.4.0"));
+    }
+
+    #[test]
+    fn gc_deletes_stale_cached_attachments_then_asks_plugins_with_the_valid_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = logging_plugin(dir.path());
+        let runner = CniRunner::new(vec![dir.path().into()], dir.path().join("cache"));
+        let mut l = list(json!([{"type": "fake", "capabilities": {"portMappings": true}}]));
+        l.cni_version = "1.1.0".into();
+        let mut other = l.clone();
+        other.name = "other".into();
+        other.plugins[0]["net"] = json!("older");
+        runner.add(&l, &pod("kept")).unwrap();
+        runner.add(&l, &pod("stale")).unwrap();
+        runner.add(&other, &pod("elsewhere")).unwrap();
+        std::fs::remove_file(&log).unwrap();
+
+        let kept = Attachment {
+            container_id: "kept".into(),
+            if_name: "eth0".into(),
+        };
+        let report = runner.gc(&l, std::slice::from_ref(&kept)).unwrap();
+        let mut deleted: Vec<&str> = report
+            .deleted
+            .iter()
+            .map(|a| a.container_id.as_str())
+            .collect();
+        deleted.sort();
+        assert_eq!(deleted, ["elsewhere", "stale"]);
+        assert!(report.collected);
+        let lines: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        let stale = lines.iter().find(|l| l.starts_with("DEL [stale]")).unwrap();
+        assert!(
+            stale.contains("10.9.0.5") && stale.contains("\"hostPort\":80"),
+            "the stale DEL gets the cached result and capability args: {stale}"
+        );
+        let elsewhere = lines
+            .iter()
+            .find(|l| l.starts_with("DEL [elsewhere]"))
+            .unwrap();
+        assert!(
+            elsewhere.contains("\"net\":\"older\"") && elsewhere.contains("\"name\":\"other\""),
+            "an attachment of an older network is deleted with its own chain: {elsewhere}"
+        );
+        assert!(lines[2].starts_with("GC [] "), "{lines:#?}");
+        assert!(
+            lines[2].contains(
+                r#""cni.dev/valid-attachments":[{"containerID":"kept","ifname":"eth0"}]"#
+            ),
+            "{}",
+            lines[2]
+        );
+        assert!(runner.cached_result(&l, &pod("kept")).unwrap().is_some());
+        assert!(runner.cached_result(&l, &pod("stale")).unwrap().is_none());
+        assert!(
+            runner
+                .cached_result(&other, &pod("elsewhere"))
+                .unwrap()
+                .is_none()
+        );
+
+        // Before CNI 1.1: the stale DELs only.
+        runner.add(&other, &pod("again")).unwrap();
+        std::fs::remove_file(&log).unwrap();
+        let mut old = other.clone();
+        old.cni_version = "1.0.0".into();
+        let report = runner.gc(&old, std::slice::from_ref(&kept)).unwrap();
+        assert!(!report.collected && report.deleted.len() == 1);
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            lines.starts_with("DEL [again]") && !lines.contains("GC"),
+            "{lines}"
+        );
+    }
+
+    #[test]
+    fn del_cached_runs_the_chain_add_ran_after_the_config_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = logging_plugin(dir.path());
+        let runner = CniRunner::new(vec![dir.path().into()], dir.path().join("cache"));
+        let old = list(json!([{"type": "fake", "generation": "old"}]));
+        runner.add(&old, &pod("p1")).unwrap();
+        std::fs::remove_file(&log).unwrap();
+
+        assert_eq!(runner.del_cached(&pod("p1")).unwrap(), 1);
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            lines.starts_with("DEL [p1]") && lines.contains("\"generation\":\"old\""),
+            "{lines}"
+        );
+        assert_eq!(runner.cached_result(&old, &pod("p1")).unwrap(), None);
+        assert_eq!(
+            runner.del_cached(&pod("p1")).unwrap(),
+            0,
+            "nothing cached any more"
         );
     }
 

@@ -384,3 +384,103 @@ fn concurrent_adds_from_separate_processes_get_distinct_addresses() {
     assert!(f.leases().is_empty());
     assert!(our_veths(&f).is_empty());
 }
+
+/// The traffic rule for IPv6: forwarded traffic from the bridge to anything outside `subnet`
+/// is dropped (link-local and multicast stay: neighbour discovery needs them when bridged
+/// traffic passes netfilter); removed on drop.
+struct Guard6(String);
+
+impl Guard6 {
+    fn install(bridge: &str, subnet: &str) -> Guard6 {
+        let table = format!("bbtest6-{bridge}");
+        let rules = format!(
+            "table ip6 {table} {{\n chain forward {{\n  type filter hook forward priority -10;\n  \
+             iifname \"{bridge}\" ip6 daddr != {{ {subnet}, fe80::/10, ff00::/8 }} drop\n }}\n}}\n"
+        );
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        Guard6(table)
+    }
+}
+
+impl Drop for Guard6 {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip6", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn dual_stack_namespaces_get_both_families_and_talk_tcp_over_ipv6() {
+    let pid = std::process::id();
+    let f = Fixture::new(4, 2);
+    let subnet = format!("10.215.{}.0/24", pid % 250);
+    let subnet6 = format!("fd86:{:x}:4::/64", pid % 0xffff);
+    f.guard(&subnet);
+    let _guard6 = Guard6::install(&f.bridge, &subnet6);
+    let list = f.conflist(
+        &subnet,
+        serde_json::json!({
+            "ipMasq": true,
+            "ipam": {"ranges": [[{"subnet": subnet}], [{"subnet": subnet6}]]},
+        }),
+    );
+    let runner = f.runner();
+    let r0 = runner.add(&list, &f.rt(0)).unwrap();
+    let r1 = runner.add(&list, &f.rt(1)).unwrap();
+    let (ips0, ips1) = (result_ips(&r0), result_ips(&r1));
+    assert!(
+        ips0.len() == 2 && ips0[0].is_ipv4() && ips0[1].is_ipv6(),
+        "{r0}"
+    );
+    let prefix6 = subnet6.trim_end_matches(":/64");
+    assert!(ips1[1].to_string().starts_with(prefix6), "{r1}");
+    let routes: Vec<&str> = r0["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["dst"].as_str())
+        .collect();
+    assert_eq!(routes, ["0.0.0.0/0", "::/0"], "{r0}");
+    assert_eq!(r0["ips"][1]["gateway"], format!("{prefix6}:1"));
+
+    let route6 = ip(&["-n", &f.netns[0], "-6", "route", "show", "default"]);
+    assert!(
+        route6.contains(&format!("via {prefix6}:1 dev eth0")),
+        "{route6}"
+    );
+    let bridge6 = ip(&["-6", "-o", "addr", "show", "dev", &f.bridge]);
+    assert!(bridge6.contains(&format!("{prefix6}:1/64")), "{bridge6}");
+    runner.check(&list, &f.rt(0)).unwrap();
+
+    // TCP over IPv6 from namespace 0 to namespace 1 (no DAD wait: the addresses are usable now).
+    let target = SocketAddr::new(ips1[1], 8080);
+    let server = serve_once(&f.netns_path(1), target);
+    in_netns(&f.netns_path(0), move || ping_pong(target))
+        .join()
+        .unwrap()
+        .unwrap();
+    server.join().unwrap();
+
+    runner.del(&list, &f.rt(0)).unwrap();
+    runner.del(&list, &f.rt(1)).unwrap();
+    let left: Vec<String> = std::fs::read_dir(f.lease_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(our_veths(&f).is_empty());
+}

@@ -72,6 +72,18 @@ pub struct Flags {
     /// CNI plugin directory (repeatable; replaces the configured list).
     #[arg(long = "cni-bin-dir", global = true)]
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Write a berth-bridge network into an empty CNI conf dir at start [default: true].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, global = true)]
+    pub install_default_conflist: Option<bool>,
+    /// IPv4 subnet of that default network [default: 10.87.0.0/16].
+    #[arg(long, value_name = "CIDR", global = true)]
+    pub default_subnet: Option<String>,
+    /// Bridge of that default network [default: berth0].
+    #[arg(long, value_name = "NAME", global = true)]
+    pub default_bridge: Option<String>,
+    /// CNI name of that default network [default: berth].
+    #[arg(long, value_name = "NAME", global = true)]
+    pub default_network_name: Option<String>,
     /// Registry reached over plain http (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]", global = true)]
     pub insecure_registries: Vec<String>,
@@ -120,6 +132,18 @@ impl Flags {
         if !self.cni_bin_dirs.is_empty() {
             c.network.cni_bin_dirs = self.cni_bin_dirs;
         }
+        if let Some(v) = self.install_default_conflist {
+            c.network.install_default_conflist = v;
+        }
+        if let Some(v) = self.default_subnet {
+            c.network.default_subnet = v;
+        }
+        if let Some(v) = self.default_bridge {
+            c.network.default_bridge = v;
+        }
+        if let Some(v) = self.default_network_name {
+            c.network.default_network_name = v;
+        }
         c.registry.insecure.extend(self.insecure_registries);
         for m in &self.registry_mirrors {
             c.add_mirror_flag(m)?;
@@ -160,6 +184,12 @@ mod tests {
             "/a",
             "--cni-bin-dir",
             "/b",
+            "--install-default-conflist",
+            "false",
+            "--default-subnet",
+            "10.3.0.0/24",
+            "--default-bridge",
+            "pods0",
         ]);
         let c = cli.flags.into_config().unwrap();
         assert_eq!(c.root, PathBuf::from("/from/file"));
@@ -170,6 +200,9 @@ mod tests {
             c.network.cni_bin_dirs,
             vec![PathBuf::from("/a"), PathBuf::from("/b")]
         );
+        assert!(!c.network.install_default_conflist);
+        assert_eq!(c.network.default_subnet, "10.3.0.0/24");
+        assert_eq!(c.network.default_bridge, "pods0");
         assert_eq!(
             c.registry.mirrors["registry.k8s.io"].endpoints,
             vec!["http://127.0.0.1:5000".to_string()]
@@ -188,6 +221,21 @@ mod tests {
             "kata",
         ]);
         assert!(cli.flags.into_config().is_err());
+    }
+
+    #[test]
+    fn invalid_default_subnet_flag_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.toml");
+        std::fs::write(&file, "").unwrap();
+        let cli = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--default-subnet",
+            "10.3.0.0",
+        ]);
+        let err = cli.flags.into_config().unwrap_err().to_string();
+        assert!(err.contains("10.3.0.0"), "{err}");
     }
 
     #[test]

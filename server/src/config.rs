@@ -14,6 +14,14 @@ use serde::{Deserialize, Serialize};
 /// means "embedded defaults"; a missing file named by `--config` is an error.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/berth.toml";
 
+/// The default network's subnet. Not containerd's and Podman's 10.88.0.0/16, not CRI-O's
+/// 10.85.0.0/16, not the pools Podman carves new networks from (10.89.0.0/16 upward), not
+/// Kubernetes' default service range 10.96.0.0/12: a node running one of those beside berth
+/// keeps working.
+pub const DEFAULT_SUBNET: &str = "10.87.0.0/16";
+/// The default network's bridge (containerd and CRI-O use `cni0`, Podman `podman0`).
+pub const DEFAULT_BRIDGE: &str = "berth0";
+
 /// The default runtime handler's name, as kubelet's RuntimeClass `handler` field names it.
 pub const DEFAULT_RUNTIME: &str = "runc";
 
@@ -50,6 +58,14 @@ pub struct RuntimeHandler {
 pub struct NetworkConfig {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Whether berthd writes a berth-bridge network into an empty `cni_conf_dir` at start.
+    pub install_default_conflist: bool,
+    /// The IPv4 subnet of that default network.
+    pub default_subnet: String,
+    /// The bridge of that default network.
+    pub default_bridge: String,
+    /// The CNI network name of that default network (names its leases dir and NAT table).
+    pub default_network_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +168,10 @@ impl Default for NetworkConfig {
         NetworkConfig {
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            install_default_conflist: true,
+            default_subnet: DEFAULT_SUBNET.to_string(),
+            default_bridge: DEFAULT_BRIDGE.to_string(),
+            default_network_name: "berth".to_string(),
         }
     }
 }
@@ -200,7 +220,24 @@ path = "runc"
 cni_conf_dir = "/etc/cni/net.d"
 
 # Where CNI plugin binaries are searched, in order (flag: --cni-bin-dir, repeatable).
+# berth-bridge is also found next to berthd.
 cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+
+# When cni_conf_dir holds no network config at start, write 99-berth.conflist there: one
+# berth-bridge network (masquerade, host ports) on default_bridge with default_subnet.
+install_default_conflist = true
+
+# The default network's IPv4 subnet; the bridge gets its first address. 10.87.0.0/16 stays
+# clear of containerd's and Podman's 10.88.0.0/16, CRI-O's 10.85.0.0/16, Podman's pools from
+# 10.89.0.0/16 and Kubernetes' service range 10.96.0.0/12.
+default_subnet = "10.87.0.0/16"
+
+# The default network's bridge (1 to 15 characters).
+default_bridge = "berth0"
+
+# The default network's CNI name: berth-bridge keeps its leases in <root>/cni/<name> and its
+# NAT rules in the nftables table berth-<name>.
+default_network_name = "berth"
 
 [registry]
 # Registries reached over plain http, as host or host:port (flag: --insecure-registry,
@@ -294,6 +331,20 @@ impl Config {
                 ),
             });
         }
+        self.default_network(Path::new(""))
+            .validate()
+            .map_err(|e| {
+                use berth_netplugin::network::DefaultNetworkError as E;
+                let key = match e {
+                    E::Bridge(_) => "network.default_bridge",
+                    E::Name(_) => "network.default_network_name",
+                    _ => "network.default_subnet",
+                };
+                ConfigError::Invalid {
+                    key,
+                    message: e.to_string(),
+                }
+            })?;
         if self.registry.pull_progress_timeout_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "registry.pull_progress_timeout_secs",
@@ -315,6 +366,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The network berthd installs when the CNI conf dir is empty; berth-bridge keeps its
+    /// leases in `<root>/cni/<name>`.
+    pub fn default_network(&self, root: &Path) -> berth_netplugin::network::DefaultNetwork {
+        berth_netplugin::network::DefaultNetwork {
+            name: self.network.default_network_name.clone(),
+            bridge: self.network.default_bridge.clone(),
+            subnet: self.network.default_subnet.clone(),
+            data_dir: root.join("cni"),
+        }
     }
 
     /// Adds a runtime handler from a `NAME=PATH` flag value, replacing one of the same name.
@@ -502,6 +564,36 @@ endpoints = ["http://127.0.0.1:5000"]
         assert!(c.add_runtime_flag("crun").is_err());
         assert!(c.add_mirror_flag("gcr.io=ftp://x").is_err());
         assert!(c.add_mirror_flag("=http://x").is_err());
+    }
+
+    #[test]
+    fn default_network_keys_parse_and_are_checked() {
+        let c = Config::parse(
+            Path::new("c"),
+            "[network]\ninstall_default_conflist = false\ndefault_subnet = \"10.1.0.0/24\"\ndefault_bridge = \"pods0\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(!c.network.install_default_conflist);
+        let net = c.default_network(Path::new("/var/lib/berth"));
+        assert_eq!(
+            (net.subnet.as_str(), net.bridge.as_str()),
+            ("10.1.0.0/24", "pods0")
+        );
+        assert_eq!(net.data_dir, PathBuf::from("/var/lib/berth/cni"));
+
+        let c = Config::parse(
+            Path::new("c"),
+            "[network]\ndefault_subnet = \"10.1.0.1/16\"\n",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("network.default_subnet") && err.contains("10.1.0.1/16"),
+            "{err}"
+        );
+        let c = Config::parse(Path::new("c"), "[network]\ndefault_bridge = \"\"\n").unwrap();
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_snapshotter::{OverlaySnapshotter, SnapshotError};
-use berth_store::{Store, StoreError};
+use berth_store::{SandboxRecord, Store, StoreError};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -22,7 +22,7 @@ use crate::cri;
 use crate::images::layers::{LayerStore, OverlayLayers};
 use crate::images::{ImageError, Images};
 use crate::node::{NodeError, NodeInfo};
-use crate::sandbox::linux::{CniNetwork, PinnedNamespaces};
+use crate::sandbox::linux::{CniNetwork, PinnedNamespaces, prepare_network};
 use crate::sandbox::service::{SandboxDirs, Sandboxes};
 use crate::shims::{ProcessShims, SHIM_BINARY, locate_shim};
 use crate::tasks;
@@ -72,7 +72,7 @@ pub enum StartError {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), StartError> {
+pub async fn run(mut config: Config) -> Result<(), StartError> {
     create_dir(&config.root, 0o711)?;
     create_dir(&config.state, 0o711)?;
     let _root_lock = lock_root(&config.root)?;
@@ -93,6 +93,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Some(layers),
     )?;
     let listener = bind_socket(&config.socket)?;
+    prepare_network(&mut config);
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
 
@@ -172,11 +173,11 @@ async fn sandboxes(
         PathBuf::from(SHIM_BINARY)
     });
     tracing::info!(shim = %shim.display(), "pod shim");
-    let network = CniNetwork::new(
+    let network = Arc::new(CniNetwork::new(
         config.network.cni_conf_dir.clone(),
         config.network.cni_bin_dirs.clone(),
         config.state.join("cni"),
-    );
+    ));
     let cgroups = CgroupFs::probe().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "reading cgroup mounts; pod cgroups will not be removed");
         CgroupFs::from_mountinfo("")
@@ -188,7 +189,7 @@ async fn sandboxes(
         tokio::runtime::Handle::current(),
     ));
     let sandboxes = Arc::new(Sandboxes::new(
-        store,
+        store.clone(),
         SandboxDirs::new(config.state.clone()),
         node.runtimes
             .iter()
@@ -196,7 +197,7 @@ async fn sandboxes(
             .collect(),
         config.default_runtime.clone(),
         Arc::new(PinnedNamespaces),
-        Arc::new(network),
+        network.clone(),
         shims.clone(),
         Arc::new(cgroups),
     ));
@@ -205,6 +206,22 @@ async fn sandboxes(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "recovering pod sandboxes"),
         Err(e) => tracing::error!(error = %e, "recovering pod sandboxes"),
+    }
+    // After recovery, before serving: the pods left are exactly those berthd knows.
+    match store.list::<SandboxRecord>() {
+        Ok(records) => {
+            let known: Vec<String> = records
+                .into_iter()
+                .filter(|r| !r.netns_path.is_empty())
+                .map(|r| r.id)
+                .collect();
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || network.collect_garbage(&known)).await
+            {
+                tracing::error!(error = %e, "CNI garbage collection");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "listing pods for CNI garbage collection"),
     }
     (sandboxes, shims)
 }

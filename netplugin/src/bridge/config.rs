@@ -18,13 +18,17 @@
 //! `subnet` may be given at the top level or in `ipam` as a shorthand for one range covering
 //! the subnet; `dataDir` may be given at the top level or in `ipam`; leases live in
 //! `<dataDir>/<name>` (host-local's layout), `dataDir` defaulting to `/var/lib/berth/cni`.
+//!
+//! Dual stack: each range set yields one address, so `[[{"subnet": "10.88.0.0/16"}],
+//! [{"subnet": "fd00:88::/64"}]]` gives a pod one IPv4 and one IPv6 address, each with a
+//! default route via its range's gateway. Masquerade and host ports apply to the IPv4 address.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::bridge::ipam::{Ipv4Net, Range};
+use crate::bridge::ipam::{IpNet, Range, to_u128};
 
 /// The lease directory's parent when the config names none.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/berth/cni";
@@ -82,7 +86,7 @@ pub struct BridgeConf {
     pub lease_dir: PathBuf,
     /// Range sets: one address is allocated from each set.
     pub range_sets: Vec<Vec<Range>>,
-    pub reserved: Vec<Ipv4Addr>,
+    pub reserved: Vec<IpAddr>,
     pub dns: Option<Value>,
     pub port_mappings: Vec<PortMapping>,
     pub prev_result: Option<Value>,
@@ -153,7 +157,7 @@ impl BridgeConf {
                 .map(|(i, r)| {
                     r.as_str()
                         .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| err(format!("ipam.reserved[{i}]"), "not an IPv4 address"))
+                        .ok_or_else(|| err(format!("ipam.reserved[{i}]"), "not an IP address"))
                 })
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(err("ipam.reserved", "not a list of addresses")),
@@ -263,19 +267,13 @@ fn parse_range(field: &str, r: &Value) -> Result<Range, ConfigError> {
             format!("{field}.{k}")
         }
     };
-    let ip = |k: &str| -> Result<Option<Ipv4Addr>, ConfigError> {
+    let ip = |k: &str| -> Result<Option<IpAddr>, ConfigError> {
         match r.get(k) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| {
-                err(
-                    f(k),
-                    if s.contains(':') {
-                        format!("{s:?}: IPv6 is not supported yet")
-                    } else {
-                        format!("{s:?} is not an IPv4 address")
-                    },
-                )
-            }),
+            Some(Value::String(s)) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| err(f(k), format!("{s:?} is not an IP address"))),
             Some(other) => Err(err(
                 f(k),
                 format!("expected an address string, got {other}"),
@@ -283,18 +281,19 @@ fn parse_range(field: &str, r: &Value) -> Result<Range, ConfigError> {
         }
     };
     let subnet = match r.get("subnet") {
-        Some(Value::String(s)) => Ipv4Net::parse(s).map_err(|m| err(f("subnet"), m))?,
+        Some(Value::String(s)) => IpNet::parse(s).map_err(|m| err(f("subnet"), m))?,
         _ => return Err(err(f("subnet"), "missing")),
     };
-    if subnet.prefix > 30 {
+    let max_prefix = if subnet.is_ipv6() { 126 } else { 30 };
+    if subnet.prefix > max_prefix {
         return Err(err(
             f("subnet"),
-            format!("{subnet} is too small (a /30 or larger is needed)"),
+            format!("{subnet} is too small (a /{max_prefix} or larger is needed)"),
         ));
     }
     let first = subnet.first_host();
     let last = subnet.last_host();
-    let inside = |k: &str, a: Ipv4Addr| {
+    let inside = |k: &str, a: IpAddr| {
         if subnet.contains(a) {
             Ok(a)
         } else {
@@ -309,7 +308,7 @@ fn parse_range(field: &str, r: &Value) -> Result<Range, ConfigError> {
         .map(|a| inside("rangeEnd", a))
         .transpose()?
         .unwrap_or(last);
-    if u32::from(start) > u32::from(end) {
+    if to_u128(start) > to_u128(end) {
         return Err(err(
             f("rangeEnd"),
             format!("{end} is before rangeStart {start}"),
@@ -399,9 +398,9 @@ mod tests {
         assert_eq!(c.bridge, "berth0");
         assert_eq!(c.lease_dir, PathBuf::from("/var/lib/berth/cni/pods"));
         let r = &c.range_sets[0][0];
-        assert_eq!(r.gateway, Ipv4Addr::new(10, 44, 0, 1));
-        assert_eq!(r.start, Ipv4Addr::new(10, 44, 0, 1));
-        assert_eq!(r.end, Ipv4Addr::new(10, 44, 0, 254));
+        assert_eq!(r.gateway, IpAddr::V4(Ipv4Addr::new(10, 44, 0, 1)));
+        assert_eq!(r.start, IpAddr::V4(Ipv4Addr::new(10, 44, 0, 1)));
+        assert_eq!(r.end, IpAddr::V4(Ipv4Addr::new(10, 44, 0, 254)));
         assert!(!c.hairpin && !c.ip_masq && c.mtu.is_none());
     }
 
@@ -428,12 +427,26 @@ mod tests {
             (r.start, r.end),
             ("10.1.0.5".parse().unwrap(), "10.1.0.9".parse().unwrap())
         );
-        assert_eq!(r.gateway, Ipv4Addr::new(10, 1, 0, 254));
-        assert_eq!(c.reserved, vec![Ipv4Addr::new(10, 1, 0, 7)]);
+        assert_eq!(r.gateway, IpAddr::V4(Ipv4Addr::new(10, 1, 0, 254)));
+        assert_eq!(c.reserved, vec![IpAddr::V4(Ipv4Addr::new(10, 1, 0, 7))]);
         assert_eq!(c.port_mappings.len(), 2);
         assert_eq!(c.port_mappings[0].protocol, Protocol::Udp);
         assert_eq!(c.port_mappings[0].host_ip, Some(Ipv4Addr::LOCALHOST));
         assert_eq!(c.port_mappings[1].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn dual_stack_ranges_parse() {
+        let c = parse(serde_json::json!({
+            "cniVersion": "1.1.0", "name": "pods",
+            "ipam": {"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:5::/64"}]],
+                     "reserved": ["fd00:5::9"]}
+        }))
+        .unwrap();
+        let v6 = &c.range_sets[1][0];
+        assert_eq!(v6.gateway.to_string(), "fd00:5::1");
+        assert_eq!(v6.end.to_string(), "fd00:5::ffff:ffff:ffff:fffe");
+        assert_eq!(c.reserved[0].to_string(), "fd00:5::9");
     }
 
     #[test]
@@ -475,8 +488,12 @@ mod tests {
                 "subnet",
             ),
             (
-                serde_json::json!({"cniVersion": "1.0.0", "name": "n", "subnet": "fd00::/64"}),
+                serde_json::json!({"cniVersion": "1.0.0", "name": "n", "subnet": "fd00::/127"}),
                 "subnet",
+            ),
+            (
+                serde_json::json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"ranges": [[{"subnet": "fd00::/64", "gateway": "10.0.0.1"}]]}}),
+                "ipam.ranges[0][0].gateway",
             ),
             (
                 serde_json::json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"ranges": []}}),

@@ -9,83 +9,125 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-/// An IPv4 subnet: an address and a prefix length.
+/// An IPv4 or IPv6 subnet: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
+pub struct IpNet {
+    pub addr: IpAddr,
     pub prefix: u8,
 }
 
-impl Ipv4Net {
-    pub fn parse(s: &str) -> Result<Ipv4Net, String> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR subnet (a.b.c.d/len)"))?;
-        if a.contains(':') {
-            return Err(format!("{s:?}: IPv6 is not supported yet"));
-        }
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| format!("{s:?} is not a CIDR subnet (a.b.c.d/len)"))?;
+/// An address as a number, for arithmetic on either family.
+pub fn to_u128(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The address `v` of the family of `like`.
+fn from_u128(v: u128, like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(v as u32)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(v)),
+    }
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<IpNet, String> {
+        let bad = || format!("{s:?} is not a CIDR subnet (a.b.c.d/len or x:y::/len)");
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix: u8 = p
             .parse()
             .ok()
-            .filter(|p| *p <= 32)
+            .filter(|p| *p <= max)
             .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?;
-        Ok(Ipv4Net { addr, prefix }.network())
+        Ok(IpNet { addr, prefix }.network())
     }
 
-    fn mask(self) -> u32 {
+    fn bits(self) -> u8 {
+        if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+
+    fn mask(self) -> u128 {
+        let all = if self.addr.is_ipv4() {
+            u128::from(u32::MAX)
+        } else {
+            u128::MAX
+        };
         if self.prefix == 0 {
             0
         } else {
-            u32::MAX << (32 - u32::from(self.prefix))
+            all & (all << (self.bits() - self.prefix))
         }
     }
 
+    pub fn is_ipv6(self) -> bool {
+        self.addr.is_ipv6()
+    }
+
     /// The same prefix with the host bits cleared.
-    pub fn network(self) -> Ipv4Net {
-        Ipv4Net {
-            addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
+    pub fn network(self) -> IpNet {
+        IpNet {
+            addr: from_u128(to_u128(self.addr) & self.mask(), self.addr),
             prefix: self.prefix,
         }
     }
 
-    pub fn broadcast(self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    /// The last address of the subnet (IPv4's broadcast; never handed out in either family).
+    pub fn broadcast(self) -> IpAddr {
+        let all = if self.addr.is_ipv4() {
+            u128::from(u32::MAX)
+        } else {
+            u128::MAX
+        };
+        from_u128(to_u128(self.addr) | (!self.mask() & all), self.addr)
     }
 
-    pub fn contains(self, a: Ipv4Addr) -> bool {
-        u32::from(a) & self.mask() == u32::from(self.addr) & self.mask()
+    pub fn contains(self, a: IpAddr) -> bool {
+        a.is_ipv4() == self.addr.is_ipv4()
+            && to_u128(a) & self.mask() == to_u128(self.addr) & self.mask()
     }
 
-    pub fn first_host(self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network().addr) + 1)
+    pub fn first_host(self) -> IpAddr {
+        from_u128(to_u128(self.network().addr) + 1, self.addr)
     }
 
-    pub fn last_host(self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.broadcast()) - 1)
+    pub fn last_host(self) -> IpAddr {
+        from_u128(to_u128(self.broadcast()) - 1, self.addr)
     }
 }
 
-impl fmt::Display for Ipv4Net {
+impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
+/// How many addresses one allocation looks at before it calls a range set exhausted: every
+/// address of an IPv4 /12, and a bounded walk of an IPv6 range, which is never full.
+const MAX_SCAN: u128 = 1 << 20;
+
 /// Addresses `start..=end` of `subnet`, handed out with `gateway` as their gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Range {
-    pub subnet: Ipv4Net,
-    pub start: Ipv4Addr,
-    pub end: Ipv4Addr,
-    pub gateway: Ipv4Addr,
+    pub subnet: IpNet,
+    pub start: IpAddr,
+    pub end: IpAddr,
+    pub gateway: IpAddr,
+}
+
+impl Range {
+    fn contains(&self, a: IpAddr) -> bool {
+        a.is_ipv4() == self.start.is_ipv4()
+            && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(a))
+    }
 }
 
 /// Who holds a lease.
@@ -112,9 +154,9 @@ impl Owner {
 /// One allocated address with its subnet and gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allocation {
-    pub address: Ipv4Addr,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    pub address: IpAddr,
+    pub subnet: IpNet,
+    pub gateway: IpAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,12 +172,12 @@ pub trait LeaseStore {
     type Lock;
     /// Exclusive access to the store until the returned value is dropped.
     fn lock(&self) -> io::Result<Self::Lock>;
-    fn leases(&self) -> io::Result<Vec<(Ipv4Addr, Owner)>>;
+    fn leases(&self) -> io::Result<Vec<(IpAddr, Owner)>>;
     /// Records the lease; `false` when the address is already leased.
-    fn reserve(&self, ip: Ipv4Addr, owner: &Owner) -> io::Result<bool>;
-    fn release(&self, ip: Ipv4Addr) -> io::Result<()>;
-    fn last_reserved(&self, set: usize) -> io::Result<Option<Ipv4Addr>>;
-    fn set_last_reserved(&self, set: usize, ip: Ipv4Addr) -> io::Result<()>;
+    fn reserve(&self, ip: IpAddr, owner: &Owner) -> io::Result<bool>;
+    fn release(&self, ip: IpAddr) -> io::Result<()>;
+    fn last_reserved(&self, set: usize) -> io::Result<Option<IpAddr>>;
+    fn set_last_reserved(&self, set: usize, ip: IpAddr) -> io::Result<()>;
     /// For error messages.
     fn path(&self) -> PathBuf;
 }
@@ -145,7 +187,7 @@ pub struct Ipam<S> {
     store: S,
     network: String,
     range_sets: Vec<Vec<Range>>,
-    reserved: Vec<Ipv4Addr>,
+    reserved: Vec<IpAddr>,
 }
 
 impl<S: LeaseStore> Ipam<S> {
@@ -153,7 +195,7 @@ impl<S: LeaseStore> Ipam<S> {
         store: S,
         network: &str,
         range_sets: Vec<Vec<Range>>,
-        reserved: Vec<Ipv4Addr>,
+        reserved: Vec<IpAddr>,
     ) -> Self {
         Ipam {
             store,
@@ -208,51 +250,75 @@ impl<S: LeaseStore> Ipam<S> {
         set: &[Range],
         owner: &Owner,
     ) -> Result<Allocation, IpamError> {
-        let candidates: Vec<(usize, u32)> = set
-            .iter()
-            .enumerate()
-            .flat_map(|(i, r)| (u32::from(r.start)..=u32::from(r.end)).map(move |a| (i, a)))
-            .collect();
         let last = self
             .store
             .last_reserved(set_idx)
             .map_err(self.store_err())?;
-        let begin = last
-            .and_then(|l| candidates.iter().position(|(_, a)| *a == u32::from(l)))
-            .map(|p| p + 1)
-            .unwrap_or(0);
-        let n = candidates.len();
-        for k in 0..n {
-            let (ri, a) = candidates[(begin + k) % n];
+        // Round robin: start after the last allocated address, in the range that holds it,
+        // then go on through the following ranges and wrap around.
+        let (first_range, first_addr) = last
+            .and_then(|l| {
+                set.iter().enumerate().find_map(|(i, r)| {
+                    let v = to_u128(l);
+                    (r.contains(l) && v < to_u128(r.end)).then_some((i, v + 1))
+                })
+            })
+            .or_else(|| {
+                last.and_then(|l| set.iter().position(|r| r.contains(l)))
+                    .map(|i| ((i + 1) % set.len(), to_u128(set[(i + 1) % set.len()].start)))
+            })
+            .unwrap_or((0, set.first().map(|r| to_u128(r.start)).unwrap_or(0)));
+        let mut scanned: u128 = 0;
+        // Each range once from its start, the first one twice (from the round-robin point to
+        // its end, and at the end from its start up to that point).
+        for k in 0..=set.len() {
+            let ri = (first_range + k) % set.len();
             let r = &set[ri];
-            let ip = Ipv4Addr::from(a);
-            if ip == r.gateway
-                || ip == r.subnet.network().addr
-                || ip == r.subnet.broadcast()
-                || self.reserved.contains(&ip)
-                || set.iter().any(|o| o.gateway == ip)
-            {
-                continue;
-            }
-            if self.store.reserve(ip, owner).map_err(self.store_err())? {
-                self.store
-                    .set_last_reserved(set_idx, ip)
-                    .map_err(self.store_err())?;
-                return Ok(alloc(r, ip));
+            let (from, to) = match k {
+                0 => (first_addr, to_u128(r.end)),
+                k if k == set.len() => (to_u128(r.start), first_addr.saturating_sub(1)),
+                _ => (to_u128(r.start), to_u128(r.end)),
+            };
+            let mut v = from;
+            while v <= to && from <= to {
+                if scanned >= MAX_SCAN {
+                    return Err(self.exhausted(set));
+                }
+                scanned += 1;
+                let ip = from_u128(v, r.start);
+                v += 1;
+                if ip == r.gateway
+                    || ip == r.subnet.network().addr
+                    || ip == r.subnet.broadcast()
+                    || self.reserved.contains(&ip)
+                    || set.iter().any(|o| o.gateway == ip)
+                {
+                    continue;
+                }
+                if self.store.reserve(ip, owner).map_err(self.store_err())? {
+                    self.store
+                        .set_last_reserved(set_idx, ip)
+                        .map_err(self.store_err())?;
+                    return Ok(alloc(r, ip));
+                }
             }
         }
-        Err(IpamError::Exhausted {
+        Err(self.exhausted(set))
+    }
+
+    fn exhausted(&self, set: &[Range]) -> IpamError {
+        IpamError::Exhausted {
             network: self.network.clone(),
             ranges: set
                 .iter()
                 .map(|r| format!("{}-{}", r.start, r.end))
                 .collect::<Vec<_>>()
                 .join(", "),
-        })
+        }
     }
 
     /// Releases every address `owner` holds; releasing nothing is success.
-    pub fn release(&self, owner: &Owner) -> Result<Vec<Ipv4Addr>, IpamError> {
+    pub fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>, IpamError> {
         let _lock = self.store.lock().map_err(self.store_err())?;
         let mut released = Vec::new();
         for (ip, o) in self.store.leases().map_err(self.store_err())? {
@@ -265,7 +331,7 @@ impl<S: LeaseStore> Ipam<S> {
     }
 
     /// The addresses `owner` holds.
-    pub fn leased(&self, owner: &Owner) -> Result<Vec<Ipv4Addr>, IpamError> {
+    pub fn leased(&self, owner: &Owner) -> Result<Vec<IpAddr>, IpamError> {
         let _lock = self.store.lock().map_err(self.store_err())?;
         Ok(self
             .store
@@ -278,10 +344,7 @@ impl<S: LeaseStore> Ipam<S> {
     }
 
     /// Releases every lease whose owner `keep` rejects (CNI GC); returns what was released.
-    pub fn retain(
-        &self,
-        keep: impl Fn(&Owner) -> bool,
-    ) -> Result<Vec<(Ipv4Addr, Owner)>, IpamError> {
+    pub fn retain(&self, keep: impl Fn(&Owner) -> bool) -> Result<Vec<(IpAddr, Owner)>, IpamError> {
         let _lock = self.store.lock().map_err(self.store_err())?;
         let mut released = Vec::new();
         for (ip, o) in self.store.leases().map_err(self.store_err())? {
@@ -294,7 +357,7 @@ impl<S: LeaseStore> Ipam<S> {
     }
 }
 
-fn alloc(r: &Range, ip: Ipv4Addr) -> Allocation {
+fn alloc(r: &Range, ip: IpAddr) -> Allocation {
     Allocation {
         address: ip,
         subnet: r.subnet,
@@ -330,7 +393,7 @@ impl LeaseStore for DiskStore {
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))
     }
 
-    fn leases(&self) -> io::Result<Vec<(Ipv4Addr, Owner)>> {
+    fn leases(&self) -> io::Result<Vec<(IpAddr, Owner)>> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -342,7 +405,7 @@ impl LeaseStore for DiskStore {
             let Some(ip) = entry
                 .file_name()
                 .to_str()
-                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+                .and_then(|n| n.parse::<IpAddr>().ok())
             else {
                 continue;
             };
@@ -352,11 +415,11 @@ impl LeaseStore for DiskStore {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by_key(|(ip, _)| u32::from(*ip));
+        out.sort_by_key(|(ip, _)| (ip.is_ipv6(), to_u128(*ip)));
         Ok(out)
     }
 
-    fn reserve(&self, ip: Ipv4Addr, owner: &Owner) -> io::Result<bool> {
+    fn reserve(&self, ip: IpAddr, owner: &Owner) -> io::Result<bool> {
         let path = self.dir.join(ip.to_string());
         // create_new: even a writer that ignores the lock cannot take a leased address.
         match OpenOptions::new().write(true).create_new(true).open(&path) {
@@ -370,14 +433,14 @@ impl LeaseStore for DiskStore {
         }
     }
 
-    fn release(&self, ip: Ipv4Addr) -> io::Result<()> {
+    fn release(&self, ip: IpAddr) -> io::Result<()> {
         match std::fs::remove_file(self.dir.join(ip.to_string())) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    fn last_reserved(&self, set: usize) -> io::Result<Option<Ipv4Addr>> {
+    fn last_reserved(&self, set: usize) -> io::Result<Option<IpAddr>> {
         match std::fs::read_to_string(self.dir.join(format!("last_reserved_ip.{set}"))) {
             Ok(s) => Ok(s.trim().parse().ok()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -385,7 +448,7 @@ impl LeaseStore for DiskStore {
         }
     }
 
-    fn set_last_reserved(&self, set: usize, ip: Ipv4Addr) -> io::Result<()> {
+    fn set_last_reserved(&self, set: usize, ip: IpAddr) -> io::Result<()> {
         std::fs::write(
             self.dir.join(format!("last_reserved_ip.{set}")),
             ip.to_string(),
@@ -408,8 +471,8 @@ mod tests {
     /// An in-memory store: the allocation logic without a file system.
     #[derive(Default)]
     struct MemStore {
-        leases: RefCell<BTreeMap<u32, Owner>>,
-        last: RefCell<BTreeMap<usize, Ipv4Addr>>,
+        leases: RefCell<BTreeMap<IpAddr, Owner>>,
+        last: RefCell<BTreeMap<usize, IpAddr>>,
     }
 
     impl LeaseStore for MemStore {
@@ -417,30 +480,30 @@ mod tests {
         fn lock(&self) -> io::Result<()> {
             Ok(())
         }
-        fn leases(&self) -> io::Result<Vec<(Ipv4Addr, Owner)>> {
+        fn leases(&self) -> io::Result<Vec<(IpAddr, Owner)>> {
             Ok(self
                 .leases
                 .borrow()
                 .iter()
-                .map(|(k, v)| (Ipv4Addr::from(*k), v.clone()))
+                .map(|(k, v)| (*k, v.clone()))
                 .collect())
         }
-        fn reserve(&self, ip: Ipv4Addr, owner: &Owner) -> io::Result<bool> {
+        fn reserve(&self, ip: IpAddr, owner: &Owner) -> io::Result<bool> {
             let mut l = self.leases.borrow_mut();
-            if l.contains_key(&u32::from(ip)) {
+            if l.contains_key(&ip) {
                 return Ok(false);
             }
-            l.insert(u32::from(ip), owner.clone());
+            l.insert(ip, owner.clone());
             Ok(true)
         }
-        fn release(&self, ip: Ipv4Addr) -> io::Result<()> {
-            self.leases.borrow_mut().remove(&u32::from(ip));
+        fn release(&self, ip: IpAddr) -> io::Result<()> {
+            self.leases.borrow_mut().remove(&ip);
             Ok(())
         }
-        fn last_reserved(&self, set: usize) -> io::Result<Option<Ipv4Addr>> {
+        fn last_reserved(&self, set: usize) -> io::Result<Option<IpAddr>> {
             Ok(self.last.borrow().get(&set).copied())
         }
-        fn set_last_reserved(&self, set: usize, ip: Ipv4Addr) -> io::Result<()> {
+        fn set_last_reserved(&self, set: usize, ip: IpAddr) -> io::Result<()> {
             self.last.borrow_mut().insert(set, ip);
             Ok(())
         }
@@ -457,7 +520,7 @@ mod tests {
     }
 
     fn range(subnet: &str, start: Option<&str>, end: Option<&str>) -> Range {
-        let subnet = Ipv4Net::parse(subnet).unwrap();
+        let subnet = IpNet::parse(subnet).unwrap();
         Range {
             subnet,
             start: start
@@ -476,17 +539,26 @@ mod tests {
 
     #[test]
     fn subnet_arithmetic() {
-        let n = Ipv4Net::parse("10.1.2.3/24").unwrap();
+        let n = IpNet::parse("10.1.2.3/24").unwrap();
         assert_eq!(n.to_string(), "10.1.2.0/24");
-        assert_eq!(n.broadcast(), Ipv4Addr::new(10, 1, 2, 255));
-        assert_eq!(n.first_host(), Ipv4Addr::new(10, 1, 2, 1));
-        assert_eq!(n.last_host(), Ipv4Addr::new(10, 1, 2, 254));
+        assert_eq!(n.broadcast(), IpAddr::V4(Ipv4Addr::new(10, 1, 2, 255)));
+        assert_eq!(n.first_host(), IpAddr::V4(Ipv4Addr::new(10, 1, 2, 1)));
+        assert_eq!(n.last_host(), IpAddr::V4(Ipv4Addr::new(10, 1, 2, 254)));
         assert!(
-            n.contains(Ipv4Addr::new(10, 1, 2, 200)) && !n.contains(Ipv4Addr::new(10, 1, 3, 1))
+            n.contains(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 200)))
+                && !n.contains(IpAddr::V4(Ipv4Addr::new(10, 1, 3, 1)))
         );
-        assert!(Ipv4Net::parse("10.0.0.0").is_err());
-        assert!(Ipv4Net::parse("10.0.0.0/40").is_err());
-        assert!(Ipv4Net::parse("fd00::/64").unwrap_err().contains("IPv6"));
+        assert!(IpNet::parse("10.0.0.0").is_err());
+        assert!(IpNet::parse("10.0.0.0/40").is_err());
+        let v6 = IpNet::parse("fd00:1::5/64").unwrap();
+        assert_eq!(v6.to_string(), "fd00:1::/64");
+        assert_eq!(v6.first_host().to_string(), "fd00:1::1");
+        assert_eq!(v6.last_host().to_string(), "fd00:1::ffff:ffff:ffff:fffe");
+        assert!(v6.contains("fd00:1::9".parse().unwrap()));
+        assert!(
+            !v6.contains("10.0.0.1".parse().unwrap()) && !n.contains("fd00:1::9".parse().unwrap())
+        );
+        assert!(IpNet::parse("fd00::/129").is_err());
     }
 
     #[test]
@@ -509,7 +581,7 @@ mod tests {
             ["10.0.0.2"],
             "a repeated ADD gets its address back"
         );
-        assert_eq!(a[0].gateway, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(a[0].gateway, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
     }
 
     #[test]
@@ -540,7 +612,7 @@ mod tests {
         assert_eq!(ips(&ipam.allocate(&owner("b")).unwrap()), ["10.0.0.11"]);
         assert_eq!(
             ipam.release(&owner("a")).unwrap(),
-            vec![Ipv4Addr::new(10, 0, 0, 10)]
+            vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10))]
         );
         // .10 is free again, but the next one is .12 (after the last allocated), then .10.
         assert_eq!(ips(&ipam.allocate(&owner("c")).unwrap()), ["10.0.0.12"]);
@@ -599,6 +671,64 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_sets_get_one_address_of_each_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::new(
+            DiskStore::new(dir.path()),
+            "n",
+            vec![
+                vec![range("10.0.0.0/24", None, None)],
+                vec![range("fd00:1::/64", None, None)],
+            ],
+            vec![],
+        );
+        assert_eq!(
+            ips(&ipam.allocate(&owner("a")).unwrap()),
+            ["10.0.0.2", "fd00:1::2"]
+        );
+        assert_eq!(
+            ips(&ipam.allocate(&owner("b")).unwrap()),
+            ["10.0.0.3", "fd00:1::3"]
+        );
+        assert!(
+            dir.path().join("fd00:1::2").exists(),
+            "host-local's file names"
+        );
+        assert_eq!(
+            ips(&ipam.allocate(&owner("a")).unwrap()),
+            ["10.0.0.2", "fd00:1::2"],
+            "a repeated ADD gets both back"
+        );
+        assert_eq!(ipam.release(&owner("a")).unwrap().len(), 2);
+        assert_eq!(ipam.leased(&owner("b")).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn round_robin_moves_on_to_the_next_range_of_a_set() {
+        let ipam = Ipam::new(
+            MemStore::default(),
+            "n",
+            vec![vec![
+                range("10.0.0.0/24", Some("10.0.0.10"), Some("10.0.0.11")),
+                range("10.0.1.0/24", Some("10.0.1.10"), Some("10.0.1.10")),
+            ]],
+            vec![],
+        );
+        let got: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .flat_map(|id| ips(&ipam.allocate(&owner(id)).unwrap()))
+            .collect();
+        assert_eq!(got, ["10.0.0.10", "10.0.0.11", "10.0.1.10"]);
+        ipam.release(&owner("a")).unwrap();
+        assert_eq!(
+            ips(&ipam.allocate(&owner("d")).unwrap()),
+            ["10.0.0.10"],
+            "wraps around"
+        );
+        assert!(ipam.allocate(&owner("e")).is_err());
+    }
+
+    #[test]
     fn disk_store_uses_host_local_layout_and_survives_restart() {
         let dir = tempfile::tempdir().unwrap();
         let sets = vec![vec![range("10.0.0.0/24", None, None)]];
@@ -618,7 +748,7 @@ mod tests {
         let ipam = Ipam::new(DiskStore::new(dir.path()), "n", sets, vec![]);
         assert_eq!(
             ipam.leased(&owner("a")).unwrap(),
-            vec![Ipv4Addr::new(10, 0, 0, 2)]
+            vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))]
         );
         assert_eq!(ips(&ipam.allocate(&owner("b")).unwrap()), ["10.0.0.3"]);
         assert_eq!(ips(&ipam.allocate(&owner("a")).unwrap()), ["10.0.0.2"]);
@@ -647,7 +777,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut all: Vec<Ipv4Addr> = threads
+        let mut all: Vec<IpAddr> = threads
             .into_iter()
             .flat_map(|t| t.join().unwrap())
             .collect();

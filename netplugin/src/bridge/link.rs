@@ -4,14 +4,14 @@
 //! namespace with `setns` (a child process inherits the namespaces of the thread that spawns it).
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::bridge::ipam::Ipv4Net;
+use crate::bridge::ipam::IpNet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -37,8 +37,9 @@ pub struct VethSpec {
     pub hairpin: bool,
     /// Written as the host end's alias so the pair can be found from the host.
     pub alias: String,
-    pub addresses: Vec<(Ipv4Addr, Ipv4Net)>,
-    pub gateway: Option<Ipv4Addr>,
+    pub addresses: Vec<(IpAddr, IpNet)>,
+    /// One default route per family, via these gateways.
+    pub gateways: Vec<IpAddr>,
 }
 
 /// MAC addresses of what ADD created, for the CNI result.
@@ -51,8 +52,8 @@ pub struct VethMacs {
 /// The pod interface as found in its namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodIface {
-    pub addresses: Vec<(Ipv4Addr, u8)>,
-    pub default_gateways: Vec<Ipv4Addr>,
+    pub addresses: Vec<(IpAddr, u8)>,
+    pub default_gateways: Vec<IpAddr>,
 }
 
 /// A host link as found by name.
@@ -69,7 +70,7 @@ pub trait Links {
         &self,
         bridge: &str,
         mtu: Option<u32>,
-        gateways: &[(Ipv4Addr, Ipv4Net)],
+        gateways: &[(IpAddr, IpNet)],
     ) -> Result<String, LinkError>;
     fn add_veth(&self, spec: &VethSpec) -> Result<VethMacs, LinkError>;
     /// Removes the pair by its host end; a missing link is success.
@@ -86,10 +87,21 @@ pub trait Links {
 pub struct IpLinks;
 
 fn ip_batch(what: &str, json: bool, lines: &[String]) -> Result<String, LinkError> {
+    ip_batch_family(what, json, None, lines)
+}
+
+/// `ip` in batch mode; `family` (`"-6"`) selects what `route show` lists.
+fn ip_batch_family(
+    what: &str,
+    json: bool,
+    family: Option<&str>,
+    lines: &[String],
+) -> Result<String, LinkError> {
     let mut cmd = Command::new("ip");
     if json {
         cmd.arg("-j");
     }
+    cmd.args(family);
     let mut child = cmd
         .args(["-batch", "-"])
         .stdin(Stdio::piped())
@@ -134,6 +146,16 @@ fn in_netns<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Result<R, Lin
     })
 }
 
+/// Brings the loopback interface of the network namespace at `netns` up, as a runtime must
+/// whatever plugin chain it runs (containerd and CRI-O do the same).
+pub fn loopback_up(netns: &Path) -> Result<(), LinkError> {
+    let what = format!("lo in {}", netns.display());
+    in_netns(netns, || {
+        ip_batch(&what, false, &["link set dev lo up".to_string()])
+    })?
+    .map(|_| ())
+}
+
 fn not_found(e: &LinkError) -> bool {
     matches!(e, LinkError::Command { message, .. }
         if message.contains("does not exist") || message.contains("Cannot find device"))
@@ -160,6 +182,12 @@ fn mac_of(out: &str, name: &str) -> String {
         .to_string()
 }
 
+/// IPv6 addresses skip duplicate address detection: the allocator already made them unique,
+/// and a tentative address would not be usable for the first second or two of the pod.
+fn nodad(a: &IpAddr) -> &'static str {
+    if a.is_ipv6() { " nodad" } else { "" }
+}
+
 fn mtu_arg(mtu: Option<u32>) -> String {
     mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
 }
@@ -169,12 +197,16 @@ impl Links for IpLinks {
         &self,
         bridge: &str,
         mtu: Option<u32>,
-        gateways: &[(Ipv4Addr, Ipv4Net)],
+        gateways: &[(IpAddr, IpNet)],
     ) -> Result<String, LinkError> {
         let what = format!("bridge {bridge}");
         let mut lines = vec![format!("link set dev {bridge} up")];
         for (gw, net) in gateways {
-            lines.push(format!("addr replace {gw}/{} dev {bridge}", net.prefix));
+            lines.push(format!(
+                "addr replace {gw}/{} dev {bridge}{}",
+                net.prefix,
+                nodad(gw)
+            ));
         }
         lines.push(format!("link show dev {bridge}"));
         // The common case, an existing bridge, costs one process; sysfs is only a hint (it may
@@ -239,10 +271,16 @@ impl Links for IpLinks {
 
         let mut pod = vec![format!("link set dev {} up", s.if_name)];
         for (a, net) in &s.addresses {
-            pod.push(format!("addr add {a}/{} dev {}", net.prefix, s.if_name));
+            pod.push(format!(
+                "addr add {a}/{} dev {}{}",
+                net.prefix,
+                s.if_name,
+                nodad(a)
+            ));
         }
-        if let Some(gw) = s.gateway {
-            pod.push(format!("route add default via {gw} dev {}", s.if_name));
+        for gw in &s.gateways {
+            let dst = if gw.is_ipv6() { "::/0" } else { "default" };
+            pod.push(format!("route add {dst} via {gw} dev {}", s.if_name));
         }
         pod.push(format!("link show dev {}", s.if_name));
         let what = format!("{} in {netns}", s.if_name);
@@ -283,8 +321,12 @@ impl Links for IpLinks {
         let what = format!("{if_name} in {}", netns.display());
         let out = in_netns(netns, || {
             match ip_batch(&what, true, &[format!("addr show dev {if_name}")]) {
-                Ok(addrs) => ip_batch(&what, true, &["route show default".to_string()])
-                    .map(|r| Some((addrs, r))),
+                Ok(addrs) => {
+                    let show = ["route show default".to_string()];
+                    let v4 = ip_batch(&what, true, &show)?;
+                    let v6 = ip_batch_family(&what, true, Some("-6"), &show)?;
+                    Ok(Some((addrs, format!("{v4}\n{v6}"))))
+                }
                 Err(e) if not_found(&e) => Ok(None),
                 Err(e) => Err(e),
             }
@@ -300,7 +342,12 @@ impl Links for IpLinks {
                     .cloned()
                     .unwrap_or_default()
             })
-            .filter(|a| a.get("family").and_then(Value::as_str) == Some("inet"))
+            .filter(|a| {
+                matches!(
+                    a.get("family").and_then(Value::as_str),
+                    Some("inet" | "inet6")
+                ) && a.get("scope").and_then(Value::as_str) != Some("link")
+            })
             .filter_map(|a| {
                 let ip = a.get("local")?.as_str()?.parse().ok()?;
                 let prefix = u8::try_from(a.get("prefixlen")?.as_u64()?).ok()?;

@@ -14,7 +14,7 @@ pub mod ipam;
 pub mod link;
 pub mod nat;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
@@ -242,10 +242,17 @@ impl<L: Links, N: Nat> Plugin<L, N> {
             let _ = ipam.release(&owner);
             e
         };
-        let gateways: Vec<_> = allocs.iter().map(|a| (a.gateway, a.subnet)).collect();
+        let bridge_addrs: Vec<_> = allocs.iter().map(|a| (a.gateway, a.subnet)).collect();
+        // One default route per family: the first range set's gateway of each.
+        let mut gateways: Vec<IpAddr> = Vec::new();
+        for a in &allocs {
+            if !gateways.iter().any(|g| g.is_ipv6() == a.gateway.is_ipv6()) {
+                gateways.push(a.gateway);
+            }
+        }
         let bridge_mac = self
             .links
-            .ensure_bridge(&conf.bridge, conf.mtu, &gateways)
+            .ensure_bridge(&conf.bridge, conf.mtu, &bridge_addrs)
             .map_err(|e| undo(e.into()))?;
         let spec = VethSpec {
             bridge: conf.bridge.clone(),
@@ -261,10 +268,15 @@ impl<L: Links, N: Nat> Plugin<L, N> {
                 owner.if_name
             ),
             addresses: allocs.iter().map(|a| (a.address, a.subnet)).collect(),
-            gateway: allocs.first().map(|a| a.gateway),
+            gateways: gateways.clone(),
         };
         let macs = self.links.add_veth(&spec).map_err(|e| undo(e.into()))?;
-        if let Some(first) = allocs.first()
+        // Masquerade and host ports are IPv4 only: an IPv6 pod address is meant to be routed.
+        let first_v4 = allocs.iter().find_map(|a| match a.address {
+            IpAddr::V4(v4) => Some((v4, a.subnet)),
+            IpAddr::V6(_) => None,
+        });
+        if let Some((address, subnet)) = first_v4
             && (conf.ip_masq || !conf.port_mappings.is_empty())
         {
             self.nat
@@ -272,8 +284,8 @@ impl<L: Links, N: Nat> Plugin<L, N> {
                     table: nat_table(conf),
                     tag: tag(&owner),
                     bridge: conf.bridge.clone(),
-                    address: first.address,
-                    subnet: first.subnet,
+                    address,
+                    subnet,
                     masquerade: conf.ip_masq,
                     ports: conf.port_mappings.clone(),
                 })
@@ -289,7 +301,7 @@ impl<L: Links, N: Nat> Plugin<L, N> {
                     "interface": 2,
                 });
                 if legacy {
-                    ip["version"] = json!("4");
+                    ip["version"] = json!(if a.address.is_ipv6() { "6" } else { "4" });
                 }
                 ip
             })
@@ -302,7 +314,13 @@ impl<L: Links, N: Nat> Plugin<L, N> {
                 {"name": owner.if_name, "mac": macs.container, "sandbox": netns},
             ],
             "ips": ips,
-            "routes": allocs.first().map(|a| vec![json!({"dst": "0.0.0.0/0", "gw": a.gateway.to_string()})]).unwrap_or_default(),
+            "routes": gateways
+                .iter()
+                .map(|gw| {
+                    let dst = if gw.is_ipv6() { "::/0" } else { "0.0.0.0/0" };
+                    json!({"dst": dst, "gw": gw.to_string()})
+                })
+                .collect::<Vec<_>>(),
         });
         if let Some(dns) = &conf.dns {
             result["dns"] = dns.clone();
@@ -390,7 +408,8 @@ impl<L: Links, N: Nat> Plugin<L, N> {
         if expected.iter().any(|(_, _, gw)| gw.is_some()) && iface.default_gateways.is_empty() {
             return Err(failed(format!("no default route in {}", netns.display())));
         }
-        if conf.ip_masq || !conf.port_mappings.is_empty() {
+        let has_v4 = expected.iter().any(|(ip, _, _)| ip.is_ipv4());
+        if has_v4 && (conf.ip_masq || !conf.port_mappings.is_empty()) {
             let t = tag(&owner);
             if !self.nat.tags(&nat_table(conf))?.contains(&t) {
                 return Err(failed(format!(
@@ -464,7 +483,7 @@ fn status(conf: &BridgeConf) -> Result<(), PluginError> {
 
 /// The addresses (with prefix and gateway) a result gives the interface named `if_name`: those
 /// whose `interface` index points at it, or all when no index is given.
-fn expected_ips(result: &Value, if_name: &str) -> Vec<(Ipv4Addr, u8, Option<Ipv4Addr>)> {
+fn expected_ips(result: &Value, if_name: &str) -> Vec<(IpAddr, u8, Option<IpAddr>)> {
     let ifaces = result
         .get("interfaces")
         .and_then(Value::as_array)
@@ -526,7 +545,7 @@ mod tests {
             &self,
             bridge: &str,
             _mtu: Option<u32>,
-            gateways: &[(Ipv4Addr, ipam::Ipv4Net)],
+            gateways: &[(IpAddr, ipam::IpNet)],
         ) -> Result<String, LinkError> {
             self.calls
                 .borrow_mut()
@@ -576,7 +595,7 @@ mod tests {
                 .filter(|v| v.if_name == if_name)
                 .map(|v| PodIface {
                     addresses: v.addresses.iter().map(|(a, n)| (*a, n.prefix)).collect(),
-                    default_gateways: v.gateway.into_iter().collect(),
+                    default_gateways: v.gateways.clone(),
                 }))
         }
         fn host_links_with_alias(&self, prefix: &str) -> Result<Vec<(String, String)>, LinkError> {
@@ -653,7 +672,7 @@ mod tests {
                 .map(|d| {
                     d.flatten()
                         .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+                        .filter(|n| n.parse::<IpAddr>().is_ok())
                         .collect()
                 })
                 .unwrap_or_default()

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use serde_json::{Value, json};
 
 use crate::bridge::config::PortMapping;
-use crate::bridge::ipam::Ipv4Net;
+use crate::bridge::ipam::IpNet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
@@ -31,7 +31,8 @@ pub struct NatSpec {
     pub tag: String,
     pub bridge: String,
     pub address: Ipv4Addr,
-    pub subnet: Ipv4Net,
+    /// The pod's IPv4 subnet (NAT is IPv4 only).
+    pub subnet: IpNet,
     pub masquerade: bool,
     pub ports: Vec<PortMapping>,
 }
@@ -95,7 +96,7 @@ fn ne(left: Value, right: Value) -> Value {
     json!({"match": {"op": "!=", "left": left, "right": right}})
 }
 
-fn prefix(net: Ipv4Net) -> Value {
+fn prefix(net: IpNet) -> Value {
     json!({"prefix": {"addr": net.addr.to_string(), "len": net.prefix}})
 }
 
@@ -151,8 +152,8 @@ pub fn ruleset(spec: &NatSpec) -> Value {
         // Replies must come back through the host: connections from 127.0.0.1 (which the pod
         // cannot answer) and from pods of the same bridge (which it would answer directly).
         for source in [
-            Ipv4Net {
-                addr: Ipv4Addr::new(127, 0, 0, 0),
+            IpNet {
+                addr: Ipv4Addr::new(127, 0, 0, 0).into(),
                 prefix: 8,
             },
             spec.subnet,
@@ -265,7 +266,7 @@ mod tests {
             tag: "berth:c1/eth0".into(),
             bridge: "berth0".into(),
             address: Ipv4Addr::new(10, 1, 0, 5),
-            subnet: Ipv4Net::parse("10.1.0.0/24").unwrap(),
+            subnet: IpNet::parse("10.1.0.0/24").unwrap(),
             masquerade: true,
             ports: vec![PortMapping {
                 host_port: 8080,

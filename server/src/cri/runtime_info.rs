@@ -7,8 +7,12 @@ use berth_proto::cri::{
     RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusResponse, VersionResponse,
 };
 
+use berth_netplugin::cni::CniRunner;
+use berth_netplugin::network::Network;
+
 use super::Cri;
 use crate::config;
+use crate::sandbox::linux::not_ready_message;
 
 /// The CRI API version berth speaks.
 const RUNTIME_API_VERSION: &str = "v1";
@@ -30,14 +34,19 @@ impl Cri {
 
     pub(super) fn status(&self, verbose: bool) -> StatusResponse {
         let runtime = self.runtime_condition();
-        let network = berth_netplugin::conf::load_default(&self.config.network.cni_conf_dir);
+        // The same check RunPodSandbox makes: the current first config, its plugins
+        // installed, and their STATUS (CNI 1.1).
+        let network = Network::new(
+            self.config.network.cni_conf_dir.clone(),
+            CniRunner::new(
+                self.config.network.cni_bin_dirs.clone(),
+                self.config.state.join("cni"),
+            ),
+        )
+        .ready();
         let network_condition = match &network {
             Ok(_) => ready(NETWORK_READY),
-            Err(e) => not_ready(
-                NETWORK_READY,
-                "NetworkPluginNotReady",
-                format!("network plugin is not ready: {e}"),
-            ),
+            Err(e) => not_ready(NETWORK_READY, "NetworkPluginNotReady", not_ready_message(e)),
         };
         let mut info = HashMap::new();
         if verbose {
@@ -156,6 +165,7 @@ mod tests {
 
     fn cri(conf_dir: PathBuf, runtime_path: PathBuf) -> Cri {
         let mut config = Config::default();
+        config.network.cni_bin_dirs = vec![conf_dir.with_file_name("bin")];
         config.network.cni_conf_dir = conf_dir;
         let mut runtimes = BTreeMap::new();
         runtimes.insert(
@@ -179,6 +189,7 @@ mod tests {
     }
 
     fn condition<'a>(s: &'a StatusResponse, kind: &str) -> &'a RuntimeCondition {
+        // Only the tests look conditions up; the order is RuntimeReady, NetworkReady.
         s.status
             .as_ref()
             .unwrap()
@@ -212,11 +223,44 @@ mod tests {
         assert!(net.message.contains("net.d"), "{}", net.message);
 
         std::fs::create_dir(dir.path().join("net.d")).unwrap();
+        std::fs::write(dir.path().join("net.d/10-x.conflist"), "{").unwrap();
+        let net = condition(&c.status(false), NETWORK_READY).clone();
+        assert!(
+            !net.status && net.message.contains("10-x.conflist"),
+            "{}",
+            net.message
+        );
+
+        // A chain of CNI 1.1: its plugin must be installed and answer STATUS.
         std::fs::write(
             dir.path().join("net.d/10-x.conflist"),
-            r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#,
+            r#"{"cniVersion":"1.1.0","name":"x","plugins":[{"type":"fake"}]}"#,
         )
         .unwrap();
+        let net = condition(&c.status(false), NETWORK_READY).clone();
+        assert!(
+            !net.status && net.message.contains("\"fake\" not found"),
+            "{}",
+            net.message
+        );
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let plugin = bin.join("fake");
+        std::fs::write(
+            &plugin,
+            "#!/bin/sh\necho '{\"code\":50,\"msg\":\"not yet\"}'\nexit 1\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let net = condition(&c.status(false), NETWORK_READY).clone();
+        assert!(
+            !net.status && net.message.contains("not yet"),
+            "{}",
+            net.message
+        );
+        std::fs::write(&plugin, "#!/bin/sh\nexit 0\n").unwrap();
+
         let s = c.status(true);
         assert!(condition(&s, NETWORK_READY).status);
         let info: serde_json::Value = serde_json::from_str(&s.info["network"]).unwrap();

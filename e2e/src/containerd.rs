@@ -1,6 +1,8 @@
-//! Debian's containerd (1.6, CRI plugin) as the reference runtime: started with its own root,
-//! state and sockets under a temporary directory, pulling over plain http from the local
-//! registry, which also serves as the mirror of registry.k8s.io (its sandbox image's home).
+//! Debian's containerd (1.6, CRI plugin) as the reference runtime of the benchmarks and of the
+//! interop tests: started with its own root, state and sockets under a temporary directory,
+//! pulling over plain http from the local registry, which also serves as the mirror of
+//! registry.k8s.io (its sandbox image's home). Torn down on drop like [`crate::daemon::Berthd`]:
+//! the daemon, then its shims and their containers, then its mounts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -9,6 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use crate::cleanup::{kill_containers_rooted_in, kill_processes_mentioning, unmount_under};
+use crate::daemon::DEBIAN_CNI_BIN_DIR;
 
 pub const CONTAINERD: &str = "/usr/bin/containerd";
 const REGISTRY_K8S_IO: &str = "registry.k8s.io";
@@ -20,17 +25,44 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd; `network` (a CNI conflist) becomes its pod network when given.
+    /// Starts containerd; `network` (a CNI conflist) becomes its pod network when given, with
+    /// Debian's CNI plugins.
     pub fn start(
         registry_host: &str,
         crictl: &Path,
         network: Option<&serde_json::Value>,
     ) -> Result<Containerd> {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-bench-ctrd-")
-            .tempdir()?;
+        Containerd::start_with_plugins(registry_host, crictl, network, &[])
+    }
+
+    /// Like [`Containerd::start`], with `extra_plugins` (binaries such as berth-bridge) beside
+    /// Debian's CNI plugins in a bin dir of its own (containerd 1.6 takes one bin dir).
+    pub fn start_with_plugins(
+        registry_host: &str,
+        crictl: &Path,
+        network: Option<&serde_json::Value>,
+        extra_plugins: &[PathBuf],
+    ) -> Result<Containerd> {
+        let dir = tempfile::Builder::new().prefix("berth-ctrd-").tempdir()?;
         let d = dir.path();
         std::fs::create_dir_all(d.join("net.d"))?;
+        let bin_dir = if extra_plugins.is_empty() {
+            PathBuf::from(DEBIAN_CNI_BIN_DIR)
+        } else {
+            let bin = d.join("cni-bin");
+            std::fs::create_dir_all(&bin)?;
+            for entry in std::fs::read_dir(DEBIAN_CNI_BIN_DIR)? {
+                let entry = entry?;
+                std::os::unix::fs::symlink(entry.path(), bin.join(entry.file_name()))?;
+            }
+            for plugin in extra_plugins {
+                let name = plugin
+                    .file_name()
+                    .with_context(|| format!("plugin path {}", plugin.display()))?;
+                std::os::unix::fs::symlink(plugin, bin.join(name))?;
+            }
+            bin
+        };
         if let Some(conflist) = network {
             std::fs::write(d.join("net.d/10-bench.conflist"), conflist.to_string())?;
         }
@@ -65,9 +97,10 @@ state = "{d}/state"
     config_path = "{d}/certs.d"
   [plugins."io.containerd.grpc.v1.cri".cni]
     conf_dir = "{d}/net.d"
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "{bin}"
 "#,
-            d = d.display()
+            d = d.display(),
+            bin = bin_dir.display()
         );
         std::fs::write(d.join("config.toml"), config)?;
         let log = std::fs::File::create(d.join("containerd.log"))?;
@@ -123,7 +156,8 @@ state = "{d}/state"
             .output()?)
     }
 
-    fn log_tail(&self) -> String {
+    /// The last 20 lines of containerd's log.
+    pub fn log_tail(&self) -> String {
         let log =
             std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -146,9 +180,13 @@ impl Drop for Containerd {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = child.wait();
         }
-        // Shims (and their pause and container processes) of pods a failed run left behind.
-        for pid in crate::procs::with_descendants(&crate::procs::mentioning(self.dir.path())) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        // Shims (their command lines name the dir), then the pause and container processes
+        // of pods a failed run left behind (their rootfs lives under it), then mounts.
+        let dir = self.dir.path().to_path_buf();
+        for _ in 0..2 {
+            kill_processes_mentioning(&dir, Duration::from_secs(5));
+            kill_containers_rooted_in(&dir);
         }
+        unmount_under(&dir);
     }
 }
