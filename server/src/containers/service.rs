@@ -35,7 +35,8 @@ use prost::Message;
 use tokio::io::AsyncReadExt;
 use tokio::runtime::Handle;
 
-use crate::containers::spec::{self, PodContext, SpecError, SpecInput};
+use crate::containers::host::{Host, LinuxHost};
+use crate::containers::spec::{self, NodeFacts, PodContext, SpecError, SpecInput};
 use crate::containers::tasks::{Exit, RootfsMounter, TaskError, TaskState, Tasks};
 use crate::images::{ImageError, Images, chain_ids};
 use crate::sandbox::namespaces::Namespace;
@@ -119,6 +120,10 @@ pub struct Containers {
     mounts: Arc<dyn RootfsMounter>,
     tasks: Arc<dyn Tasks>,
     oom_score_adj_floor: i32,
+    /// What the spec reads from the host (host paths, mounts, devices, profiles).
+    host: Arc<dyn Host + Send + Sync>,
+    /// The node's facts per OCI runtime binary, probed at first use.
+    facts: Mutex<HashMap<PathBuf, NodeFacts>>,
     runtime: Handle,
     /// Held while a name is checked and reserved, and for every read-modify-write of a record.
     records: Mutex<()>,
@@ -236,9 +241,58 @@ impl Containers {
             mounts,
             tasks,
             oom_score_adj_floor,
+            host: Arc::new(LinuxHost),
+            facts: Mutex::new(HashMap::new()),
             runtime,
             records: Mutex::new(()),
         }
+    }
+
+    /// The node's facts as the spec of a container on runtime handler `handler` needs them.
+    fn node_facts(&self, handler: &str) -> NodeFacts {
+        let Some(binary) = self
+            .sandboxes
+            .runtime_binary(handler)
+            .map(Path::to_path_buf)
+        else {
+            return NodeFacts::probe(false);
+        };
+        *lock(&self.facts).entry(binary.clone()).or_insert_with(|| {
+            NodeFacts::probe(
+                crate::node::RuntimeFeatures::probe(&binary).recursive_read_only_mounts,
+            )
+        })
+    }
+
+    /// The init pid of the running container `target` that a `TARGET` pid namespace joins.
+    fn target_pid(&self, config: &ContainerConfig) -> Result<Option<u32>, ContainerError> {
+        let Some(opts) = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .filter(|o| o.pid == NamespaceMode::Target as i32)
+        else {
+            return Ok(None);
+        };
+        let target = self.find(&opts.target_id)?.ok_or_else(|| {
+            ContainerError::InvalidConfig(format!(
+                "namespace_options.target_id: container {:?} not found",
+                opts.target_id
+            ))
+        })?;
+        if target.state() != ContainerState::Running {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "namespace_options.target_id: container {} is not running",
+                target.id
+            )));
+        }
+        let pid = self
+            .tasks
+            .state(&target.sandbox_id, &target.id, "")
+            .map_err(Self::task_err(&target.id))?
+            .pid;
+        Ok(Some(pid).filter(|p| *p > 0))
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -398,16 +452,21 @@ impl Containers {
         let top = chain_ids(&diff_ids).pop();
         let mut progress = Progress::default();
         let ctx = self.pod_context(&pod);
-        let result = self.set_up(
-            &record,
-            &config,
-            &process_config,
-            &image_name,
-            &ctx,
-            top.as_deref(),
-            log_path.as_deref(),
-            &mut progress,
-        );
+        let facts = self.node_facts(&pod.record.runtime_handler);
+        let result = self.target_pid(&config).and_then(|target_pid| {
+            self.set_up(
+                &record,
+                &config,
+                &process_config,
+                &image_name,
+                &ctx,
+                top.as_deref(),
+                log_path.as_deref(),
+                &mut progress,
+                &facts,
+                target_pid,
+            )
+        });
         match result {
             Ok(()) => {
                 self.update(&id, |r| r.set_state(ContainerState::Created))?;
@@ -437,6 +496,7 @@ impl Containers {
         let node = NamespaceMode::Node as i32;
         let own_net = opts.network != node;
         let own_ipc = opts.ipc != node;
+        let linux = pod.config.linux.clone().unwrap_or_default();
         PodContext {
             id: id.clone(),
             name: pod.record.name.clone(),
@@ -448,12 +508,12 @@ impl Containers {
             ipc_ns: own_ipc.then(|| self.sandbox_dirs.ns(id, Namespace::Ipc)),
             uts_ns: own_net.then(|| self.sandbox_dirs.ns(id, Namespace::Uts)),
             files_dir: self.sandbox_dirs.sandbox(id),
-            cgroup_parent: pod
-                .config
-                .linux
+            privileged: linux
+                .security_context
                 .as_ref()
-                .map(|l| l.cgroup_parent.clone())
-                .unwrap_or_default(),
+                .is_some_and(|s| s.privileged),
+            sysctls: linux.sysctls.into_iter().collect(),
+            cgroup_parent: linux.cgroup_parent,
         }
     }
 
@@ -468,6 +528,8 @@ impl Containers {
         top_layer: Option<&str>,
         log_path: Option<&Path>,
         progress: &mut Progress,
+        facts: &NodeFacts,
+        target_pid: Option<u32>,
     ) -> Result<(), ContainerError> {
         let id = &record.id;
         let dir = self.dir(id);
@@ -494,7 +556,9 @@ impl Containers {
             passwd: &passwd,
             group: &group,
             oom_score_adj_floor: self.oom_score_adj_floor,
-            host_path_exists: &|p: &Path| p.exists(),
+            node: facts,
+            host: self.host.as_ref(),
+            target_pid,
         })?;
         let config_path = dir.join("config.json");
         let json = serde_json::to_vec_pretty(&spec)
@@ -878,7 +942,12 @@ impl Containers {
                 record.id
             )));
         }
-        let oci = spec::linux_resources(resources)?;
+        let handler = self
+            .sandboxes
+            .status(&record.sandbox_id)
+            .map(|p| p.record.runtime_handler)
+            .unwrap_or_default();
+        let oci = spec::linux_resources(resources, &self.node_facts(&handler))?;
         let json =
             serde_json::to_vec(&oci).map_err(|e| ContainerError::InvalidConfig(e.to_string()))?;
         self.tasks
