@@ -547,23 +547,34 @@ pub fn linux_resources(
         }
     }
     if r.memory_swap_limit_in_bytes != 0 {
-        if !node.swap {
+        // Without swap accounting a swap limit can be honoured only when it asks for no swap
+        // beyond the memory limit (kubelet's default) or for unlimited swap (-1): there is no
+        // controller to write it to, and nothing to enforce.
+        let nothing_to_limit = r.memory_swap_limit_in_bytes == r.memory_limit_in_bytes
+            || r.memory_swap_limit_in_bytes == -1;
+        if node.swap {
+            memory = memory.swap(r.memory_swap_limit_in_bytes);
+        } else if !nothing_to_limit {
             return Err(SpecError::HostLacks(format!(
                 "memory_swap_limit_in_bytes {}: this node has no swap accounting cgroup controller",
                 r.memory_swap_limit_in_bytes
             )));
         }
-        memory = memory.swap(r.memory_swap_limit_in_bytes);
     }
     let mut out = LinuxResourcesBuilder::default()
         .cpu(cpu.build()?)
         .memory(memory.build()?);
-    if !r.hugepage_limits.is_empty() {
-        if !node.hugetlb {
-            return Err(SpecError::HostLacks(
-                "hugepage_limits: this node has no hugetlb cgroup controller".into(),
-            ));
+    if !node.hugetlb && !r.hugepage_limits.is_empty() {
+        // kubelet sends a zero limit for every page size the kernel knows, controller or not
+        // (containerd tolerates a missing controller by default); a real limit is refused.
+        if let Some(h) = r.hugepage_limits.iter().find(|h| h.limit != 0) {
+            return Err(SpecError::HostLacks(format!(
+                "hugepage_limits {}={}: this node has no hugetlb cgroup controller",
+                h.page_size, h.limit
+            )));
         }
+        tracing::warn!("hugetlb cgroup controller absent: zero hugepage limits not applied");
+    } else if !r.hugepage_limits.is_empty() {
         let limits = r
             .hugepage_limits
             .iter()

@@ -470,8 +470,13 @@ fn privileged_container_gets_everything_and_needs_a_privileged_pod() {
         bounding: NodeFacts::default().bounding & !(1 << 24),
         ..NodeFacts::default()
     };
-    let spec = build_on(&c, &image(&["/entry"], &[]), &privileged_pod(), &without_sys_resource)
-        .unwrap();
+    let spec = build_on(
+        &c,
+        &image(&["/entry"], &[]),
+        &privileged_pod(),
+        &without_sys_resource,
+    )
+    .unwrap();
     assert!(!caps_of(&spec).0.contains(&Capability::SysResource));
     assert_eq!(caps_of(&spec).0.len(), 40);
     let spec = build_with(&c, &image(&["/entry"], &[]), &privileged_pod()).unwrap();
@@ -791,6 +796,16 @@ fn resources_translate_on_both_cgroup_versions() {
     let mem = resources(swap.clone(), &v1).unwrap().memory().unwrap();
     assert_eq!(mem.swap(), Some(128 << 20));
     let no_swap = NodeFacts { swap: false, ..v1 };
+    let kubelet_default = LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        memory_swap_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    };
+    let mem = resources(kubelet_default, &no_swap)
+        .unwrap()
+        .memory()
+        .unwrap();
+    assert_eq!((mem.limit(), mem.swap()), (Some(64 << 20), None));
     assert!(matches!(
         resources(swap, &no_swap),
         Err(SpecError::HostLacks(_))
@@ -803,6 +818,19 @@ fn resources_translate_on_both_cgroup_versions() {
         resources(r, &no_huge),
         Err(SpecError::HostLacks(_))
     ));
+    let zero = LinuxContainerResources {
+        hugepage_limits: vec![HugepageLimit {
+            page_size: "2MB".into(),
+            limit: 0,
+        }],
+        ..Default::default()
+    };
+    assert!(
+        resources(zero, &no_huge)
+            .unwrap()
+            .hugepage_limits()
+            .is_none()
+    );
 
     let unified = LinuxContainerResources {
         unified: HashMap::from([("memory.high".to_string(), "1000000".to_string())]),
