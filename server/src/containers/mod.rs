@@ -6,3 +6,4 @@ pub mod seccomp;
 pub mod service;
 pub mod spec;
 pub mod tasks;
+pub mod volumes;

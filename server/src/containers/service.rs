@@ -545,6 +545,12 @@ impl Containers {
                 id: id.clone(),
                 message,
             })?;
+        let mut volumes = Vec::new();
+        for (n, path) in crate::containers::volumes::needed(image, config) {
+            let vol = dir.join("volumes").join(n.to_string());
+            crate::containers::volumes::prepare(&rootfs, &path, &vol).map_err(io_err(&vol))?;
+            volumes.push(crate::containers::volumes::mount(&path, &vol));
+        }
         let passwd = read_in_rootfs(&rootfs, "etc/passwd");
         let group = read_in_rootfs(&rootfs, "etc/group");
         let spec = spec::build(&SpecInput {
@@ -559,6 +565,7 @@ impl Containers {
             node: facts,
             host: self.host.as_ref(),
             target_pid,
+            volumes: &volumes,
         })?;
         let config_path = dir.join("config.json");
         let json = serde_json::to_vec_pretty(&spec)

@@ -241,6 +241,8 @@ pub struct SpecInput<'a> {
     pub host: &'a dyn Host,
     /// The init pid of the container whose pid namespace this one joins (`TARGET` mode).
     pub target_pid: Option<u32>,
+    /// The image's volumes, prepared (see [`crate::containers::volumes`]), as CRI mounts.
+    pub volumes: &'a [berth_proto::cri::Mount],
 }
 
 /// Kubernetes' rules: `command` overrides the entrypoint, `args` the cmd; with a command and no
@@ -632,11 +634,11 @@ pub fn cgroups_path(pod: &PodContext, id: &str) -> String {
 /// The CRI mounts as OCI binds, shallowest first (so that a parent never shadows a child),
 /// and the rootfs propagation they need.
 fn cri_mounts(
-    config: &ContainerConfig,
+    mounts: &[&berth_proto::cri::Mount],
     node: &NodeFacts,
     host: &dyn Host,
 ) -> Result<(Vec<Mount>, Option<&'static str>), SpecError> {
-    let mut cri: Vec<&berth_proto::cri::Mount> = config.mounts.iter().collect();
+    let mut cri: Vec<&berth_proto::cri::Mount> = mounts.to_vec();
     cri.sort_by_key(|m| Path::new(&m.container_path).components().count());
     let mut rootfs_propagation: Option<&'static str> = None;
     let mut out = Vec::new();
@@ -1155,9 +1157,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         }
     }
 
-    let (cri_binds, rootfs_propagation) = cri_mounts(config, node, input.host)?;
-    let cri_destinations: Vec<PathBuf> = config
-        .mounts
+    let all_mounts: Vec<&berth_proto::cri::Mount> =
+        config.mounts.iter().chain(input.volumes).collect();
+    let (cri_binds, rootfs_propagation) = cri_mounts(&all_mounts, node, input.host)?;
+    let cri_destinations: Vec<PathBuf> = all_mounts
         .iter()
         .map(|m| PathBuf::from(&m.container_path))
         .collect();

@@ -173,6 +173,7 @@ fn build_on(
         node,
         host: &FakeHost::default(),
         target_pid: Some(4242),
+        volumes: &[],
     })
 }
 
@@ -1171,4 +1172,30 @@ fn pod_sysctls_go_to_every_container_and_only_namespaced_ones_pass() {
     let err = check_sysctls(&map("fs.mqueue.msg_max"), false, true).unwrap_err();
     assert!(err.to_string().contains("host IPC"), "{err}");
     assert!(check_sysctls(&map("kernel.shm_rmid_forced"), true, false).is_ok());
+}
+
+#[test]
+fn image_volumes_are_private_rw_binds_of_their_prepared_directories() {
+    let vol = crate::containers::volumes::mount("/var/lib/data", Path::new("/state/c/volumes/0"));
+    let spec = build(&SpecInput {
+        id: "ctr1",
+        config: &config(),
+        image: &image(&["/entry"], &[]),
+        image_name: "busybox",
+        pod: &pod(),
+        passwd: PASSWD,
+        group: GROUP,
+        oom_score_adj_floor: -500,
+        node: &NodeFacts::default(),
+        host: &FakeHost::default(),
+        target_pid: None,
+        volumes: std::slice::from_ref(&vol),
+    })
+    .unwrap();
+    let m = find_mount_in(&spec, "/var/lib/data");
+    assert_eq!(m.source().as_deref(), Some(Path::new("/state/c/volumes/0")));
+    assert_eq!(
+        m.options().clone().unwrap(),
+        s(&["rbind", "rprivate", "rw"])
+    );
 }
