@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
+use berth_e2e::image::{Compression, Image, ImageConfig, LayerBuilder, Meta, Platform};
 use berth_e2e::registry::Registry;
-use berth_e2e::testimages::push_critest_images;
+use berth_e2e::testimages::{self, Content, catalog, push_critest_images};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use serde_json::{Value, json};
 
@@ -24,6 +25,7 @@ fn start(test: u8) -> Result<(Berthd, Registry)> {
     let berthd = Berthd::start(
         BerthdOptions::default()
             .mirror_critest_registries(&registry)
+            .insecure_registry(&registry.host())
             .bridge_network(
                 &format!("bs{}t{test}", pid % 100_000),
                 &format!("10.{}.{}.0/24", 230 + test, pid % 250),
@@ -381,6 +383,88 @@ fn mounts_propagate_between_host_and_container_as_asked() -> Result<()> {
         "{out:?}"
     );
 
+    berthd.crictl_ok(&["rmp", "-f", &p.0])?;
+    Ok(())
+}
+
+/// busybox plus `/data/seed` (owned by 1000, mode 0750), declaring `VOLUME /data`.
+fn push_volume_image(registry: &Registry) -> Result<String> {
+    let entry = catalog()
+        .iter()
+        .find(|e| e.content == Content::Busybox && e.repository == "e2e-test-images/busybox")
+        .context("busybox in the catalog")?;
+    let busybox = testimages::artifact(entry)?
+        .image_for(&Platform::linux_amd64())
+        .context("busybox has an amd64 image")?;
+    let mut data = LayerBuilder::new();
+    data.dir("data", Meta::mode(0o750).owner(1000, 1000)).file(
+        "data/seed",
+        0o644,
+        "from the image",
+    );
+    let mut layers = busybox.layers.clone();
+    layers.push(data.build(Compression::Gzip)?);
+    let config = ImageConfig {
+        env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        cmd: vec!["sleep".into(), "1000".into()],
+        volumes: ["/data".to_string()].into(),
+        ..ImageConfig::default()
+    };
+    let image = Image::build(Platform::linux_amd64(), &config, layers)?;
+    registry
+        .client()
+        .push_image("volume/busybox", "v1", &image)?;
+    Ok(format!("{}/volume/busybox:v1", registry.host()))
+}
+
+#[test]
+fn an_image_volume_is_a_fresh_seeded_directory_per_container() -> Result<()> {
+    let (berthd, registry) = start(3)?;
+    let image = push_volume_image(&registry)?;
+    berthd.crictl_ok(&["pull", &image])?;
+    let p = pod(&berthd, "vol", json!({}))?;
+    let dir = berthd.paths().dir.clone();
+    let make = |name: &str| -> Result<String> {
+        let cfg = write_json(
+            &dir,
+            &format!("{name}-ctr.json"),
+            &json!({"metadata": {"name": name}, "image": {"image": image}, "linux": {}}),
+        )?;
+        let id = berthd
+            .crictl_ok(&["create", &p.0, s(&cfg)?, s(&p.1)?])?
+            .trim()
+            .to_string();
+        berthd.crictl_ok(&["start", &id])?;
+        Ok(id)
+    };
+    let a = make("a")?;
+    let b = make("b")?;
+    let seen = exec(
+        &berthd,
+        &a,
+        "cat /data/seed; stat -c '%u %a' /data; grep ' /data ' /proc/mounts",
+    )?;
+    ensure!(seen.contains("from the image"), "{seen}");
+    ensure!(seen.contains("1000 750"), "owner and mode kept: {seen}");
+    ensure!(
+        seen.contains(" /data "),
+        "/data is a mount of its own: {seen}"
+    );
+    exec(&berthd, &a, "echo mine > /data/a-only")?;
+    let other = exec(&berthd, &b, "ls /data")?;
+    ensure!(
+        other.contains("seed") && !other.contains("a-only"),
+        "each container has its own volume: {other}"
+    );
+    let volume = berthd
+        .paths()
+        .state
+        .join("containers")
+        .join(&a)
+        .join("volumes/0");
+    ensure!(volume.join("a-only").exists(), "{}", volume.display());
+    berthd.crictl_ok(&["rm", "-f", &a])?;
+    ensure!(!volume.exists(), "the volume goes with its container");
     berthd.crictl_ok(&["rmp", "-f", &p.0])?;
     Ok(())
 }
