@@ -157,6 +157,17 @@ fn a_container_sees_its_security_context_and_limits_from_the_inside() -> Result<
     ensure!(status_field(&berthd, &locked, "NoNewPrivs")? == "1");
     let ids = exec(&berthd, &locked, "echo $(id -u) $(id -g) $(id -G)")?;
     ensure!(ids.trim() == "1000 2000 2000 3000", "id: {ids:?}");
+    let status: Value =
+        serde_json::from_str(&berthd.crictl_ok(&["inspect", "-o", "json", &locked])?)?;
+    let user = &status["status"]["user"]["linux"];
+    ensure!(
+        user["uid"] == "1000" || user["uid"] == 1000,
+        "ContainerStatus.user: {status}"
+    );
+    ensure!(
+        user["supplementalGroups"].as_array().map(Vec::len) == Some(2),
+        "ContainerStatus.user: {user}"
+    );
     let write = berthd.crictl(&["exec", "-s", &locked, "sh", "-c", "echo x > /file"])?;
     ensure!(!write.status.success(), "the rootfs is writable: {write:?}");
     ensure!(

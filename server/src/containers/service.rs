@@ -894,6 +894,22 @@ impl Containers {
         (pid, self.dir(&c.record.id))
     }
 
+    /// The uid, gid and supplementary groups the container's process runs with, as its
+    /// bundle says (`None` before the bundle is written or after it is removed).
+    pub fn process_user(&self, c: &Container) -> Option<(u32, u32, Vec<u32>)> {
+        let spec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.dir(&c.record.id).join("config.json")).ok()?,
+        )
+        .ok()?;
+        let user = &spec["process"]["user"];
+        let id = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+        let groups = user["additionalGids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(id).collect())
+            .unwrap_or_default();
+        Some((id(&user["uid"])?, id(&user["gid"])?, groups))
+    }
+
     /// Every container, in id order; containers being created or removed are left out.
     pub fn list(&self) -> Result<Vec<Container>, ContainerError> {
         self.store
