@@ -205,6 +205,42 @@ fn a_container_sees_its_security_context_and_limits_from_the_inside() -> Result<
     ensure!(ids.trim() == "0 0", "id: {ids:?}");
     exec(&berthd, &plain, "echo x > /file")?;
 
+    // Pid namespaces: TARGET joins another container's, NODE is the host's.
+    let joined = container(
+        &berthd,
+        &p,
+        "joined",
+        json!({"security_context": {"namespace_options": {"pid": 3, "target_id": plain}}}),
+        json!([]),
+    )?;
+    let procs = exec(&berthd, &joined, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '")?;
+    ensure!(
+        procs.matches("sleep 1000").count() >= 2,
+        "the target's process is visible: {procs:?}"
+    );
+    let mine = exec(&berthd, &plain, "cat /proc/1/cmdline | tr '\\0' ' '")?;
+    ensure!(
+        mine.trim() == "sleep 1000",
+        "the target's own pid 1: {mine:?}"
+    );
+    let host_pid = container(
+        &berthd,
+        &p,
+        "hostpid",
+        json!({"security_context": {"namespace_options": {"pid": 2}}}),
+        json!([]),
+    )?;
+    let own = std::process::id().to_string();
+    let seen = exec(
+        &berthd,
+        &host_pid,
+        &format!("test -d /proc/{own} && echo yes"),
+    )?;
+    ensure!(
+        seen.trim() == "yes",
+        "host pid namespace: the test's pid {own} is not visible"
+    );
+
     // Refused with the field named.
     let err = refused(
         &berthd,
