@@ -27,6 +27,8 @@ impl MountPoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostDevice {
     pub path: PathBuf,
+    /// Its path below the directory asked for; empty when the node itself was asked for.
+    pub relative: PathBuf,
     /// `c` or `b`.
     pub kind: char,
     pub major: i64,
@@ -102,7 +104,7 @@ fn unescape(s: &str) -> String {
 pub struct LinuxHost;
 
 impl LinuxHost {
-    fn device(path: &Path, meta: &std::fs::Metadata) -> Option<HostDevice> {
+    fn device(path: &Path, relative: &Path, meta: &std::fs::Metadata) -> Option<HostDevice> {
         let ft = meta.file_type();
         let kind = if ft.is_char_device() {
             'c'
@@ -114,6 +116,7 @@ impl LinuxHost {
         let rdev = meta.rdev();
         Some(HostDevice {
             path: path.to_path_buf(),
+            relative: relative.to_path_buf(),
             kind,
             major: i64::from(nix::sys::stat::major(rdev) as u32),
             minor: i64::from(nix::sys::stat::minor(rdev) as u32),
@@ -121,7 +124,7 @@ impl LinuxHost {
         })
     }
 
-    fn walk(dir: &Path, out: &mut Vec<HostDevice>) -> Result<(), String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<HostDevice>) -> Result<(), String> {
         let entries =
             std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
         for entry in entries.flatten() {
@@ -129,9 +132,10 @@ impl LinuxHost {
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
+            let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
             if meta.is_dir() {
-                Self::walk(&path, out)?;
-            } else if let Some(d) = Self::device(&path, &meta) {
+                Self::walk(root, &path, out)?;
+            } else if let Some(d) = Self::device(&path, &relative, &meta) {
                 out.push(d);
             }
         }
@@ -168,10 +172,10 @@ impl Host for LinuxHost {
             std::fs::metadata(&real).map_err(|e| format!("device {}: {e}", path.display()))?;
         if meta.is_dir() {
             let mut out = Vec::new();
-            Self::walk(&real, &mut out)?;
+            Self::walk(&real, &real, &mut out)?;
             return Ok(out);
         }
-        Self::device(&real, &meta)
+        Self::device(&real, Path::new(""), &meta)
             .map(|d| vec![d])
             .ok_or_else(|| format!("{} is not a device node", path.display()))
     }

@@ -787,20 +787,9 @@ fn cri_devices(
             )));
         }
         let found = host.devices(&path).map_err(&err)?;
-        let real_root = found.first().map(|f| f.path.clone());
-        let single = found.len() == 1 && real_root.as_ref().is_some_and(|p| !p.is_dir());
         for dev in &found {
-            let container_path = if single {
-                PathBuf::from(&d.container_path)
-            } else {
-                // Below a directory: the same relative path below container_path.
-                let rel = dev
-                    .path
-                    .strip_prefix(std::fs::canonicalize(&path).unwrap_or(path.clone()))
-                    .unwrap_or(&dev.path)
-                    .to_path_buf();
-                Path::new(&d.container_path).join(rel)
-            };
+            // Below a directory: the same relative path below container_path.
+            let container_path = Path::new(&d.container_path).join(&dev.relative);
             devices.push(
                 LinuxDeviceBuilder::default()
                     .path(container_path)
@@ -1226,7 +1215,11 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let mut oci_resources = linux_resources(&resources, node)?;
     let (mut devices, mut device_rules) = cri_devices(config, input.host)?;
     if sc.privileged {
-        devices = host_devices(input.host)?;
+        // Every host device, and the requested ones at their container paths on top.
+        let mut all = host_devices(input.host)?;
+        all.retain(|h| !devices.iter().any(|d| d.path() == h.path()));
+        all.append(&mut devices);
+        devices = all;
         device_rules = vec![
             LinuxDeviceCgroupBuilder::default()
                 .allow(true)

@@ -53,6 +53,7 @@ impl Host for FakeHost {
     fn devices(&self, path: &Path) -> Result<Vec<HostDevice>, String> {
         let null = HostDevice {
             path: "/dev/null".into(),
+            relative: "".into(),
             kind: 'c',
             major: 1,
             minor: 3,
@@ -60,6 +61,7 @@ impl Host for FakeHost {
         };
         let sda = HostDevice {
             path: "/dev/sda".into(),
+            relative: "".into(),
             kind: 'b',
             major: 8,
             minor: 0,
@@ -67,6 +69,7 @@ impl Host for FakeHost {
         };
         let console = HostDevice {
             path: "/dev/console".into(),
+            relative: "console".into(),
             kind: 'c',
             major: 5,
             minor: 1,
@@ -74,6 +77,7 @@ impl Host for FakeHost {
         };
         let pts = HostDevice {
             path: "/dev/pts/0".into(),
+            relative: "pts/0".into(),
             kind: 'c',
             major: 136,
             minor: 0,
@@ -82,7 +86,18 @@ impl Host for FakeHost {
         match path.to_str().unwrap() {
             "/dev/null" => Ok(vec![null]),
             "/dev/sda" => Ok(vec![sda]),
-            "/dev" => Ok(vec![null, sda, console, pts]),
+            "/dev" => {
+                let below = |d: &HostDevice| HostDevice {
+                    relative: d.path.strip_prefix("/dev").unwrap().to_path_buf(),
+                    ..d.clone()
+                };
+                Ok(vec![below(&null), below(&sda), console, pts])
+            }
+            "/dev/disks" => Ok(vec![HostDevice {
+                path: "/dev/disks/by-id/a".into(),
+                relative: "by-id/a".into(),
+                ..sda
+            }]),
             other => Err(format!("{other} is not a device node")),
         }
     }
@@ -464,6 +479,24 @@ fn privileged_container_gets_everything_and_needs_a_privileged_pod() {
     let err = build_with(&c, &image(&["/entry"], &[]), &pod()).unwrap_err();
     assert_eq!(err, SpecError::PrivilegedInUnprivilegedPod("pod1".into()));
 
+    let mut with_device = c.clone();
+    with_device.devices = vec![CriDevice {
+        host_path: "/dev/sda".into(),
+        container_path: "/dev/xvda".into(),
+        permissions: "r".into(),
+    }];
+    let spec = build_with(&with_device, &image(&["/entry"], &[]), &privileged_pod()).unwrap();
+    let devices = spec.linux().as_ref().unwrap().devices().clone().unwrap();
+    let paths: Vec<&Path> = devices.iter().map(|d| d.path().as_path()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            Path::new("/dev/null"),
+            Path::new("/dev/sda"),
+            Path::new("/dev/xvda")
+        ],
+        "a requested device is not dropped for a privileged container"
+    );
     let spec = build_with(&c, &image(&["/entry"], &[]), &privileged_pod()).unwrap();
     let (caps, ambient) = caps_of(&spec);
     assert_eq!(caps.len(), 41, "every capability berthd holds");
@@ -1129,6 +1162,16 @@ fn devices_become_nodes_and_cgroup_rules() {
     assert_eq!((rules[1].major(), rules[1].minor()), (Some(8), Some(0)));
     assert_eq!(rules[1].access().as_deref(), Some("rw"));
 
+    c.devices[0].host_path = "/dev/disks".into();
+    c.devices[0].container_path = "/dev/mine".into();
+    let spec = build_with(&c, &img, &pod()).unwrap();
+    let d = &spec.linux().as_ref().unwrap().devices().as_ref().unwrap()[0];
+    assert_eq!(
+        d.path(),
+        Path::new("/dev/mine/by-id/a"),
+        "a directory's nodes keep their place"
+    );
+    c.devices[0].host_path = "/dev/sda".into();
     c.devices[0].permissions = "rwx".into();
     let err = build_with(&c, &img, &pod()).unwrap_err();
     assert!(err.to_string().contains("rwx"), "{err}");
