@@ -91,6 +91,9 @@ fn critest_against_berthd() -> Result<()> {
             // Our own child, by PID: Child::kill sends SIGKILL to exactly this process.
             child.kill()?;
             child.wait()?;
+            clean_propagation_leftovers(
+                &std::fs::read_to_string(&berthd.paths().log).unwrap_or_default(),
+            );
             bail!(
                 "critest still running after {OUTER_TIMEOUT:?}; output in {}",
                 log_path.display()
