@@ -184,6 +184,28 @@ fn a_container_sees_its_security_context_and_limits_from_the_inside() -> Result<
         limit.trim() == (64u64 << 20).to_string(),
         "memory limit {limit:?}"
     );
+    // UpdateContainerResources applies live.
+    berthd.crictl_ok(&[
+        "update",
+        "--memory",
+        &(128u64 << 20).to_string(),
+        "--cpu-quota",
+        "50000",
+        "--cpu-period",
+        "100000",
+        &locked,
+    ])?;
+    let limits = exec(
+        &berthd,
+        &locked,
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us \
+         2>/dev/null || (cat /sys/fs/cgroup/memory.max; cut -d' ' -f1 /sys/fs/cgroup/cpu.max)",
+    )?;
+    let want = [(128u64 << 20).to_string(), "50000".to_string()];
+    ensure!(
+        limits.split_whitespace().collect::<Vec<_>>() == want,
+        "after update: {limits:?}"
+    );
     // Masked: a file reads as /dev/null, a directory is an empty read-only tmpfs.
     let masked = exec(
         &berthd,
