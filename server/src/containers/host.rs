@@ -5,6 +5,9 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::containers::spec::NodeFacts;
+use crate::node::CgroupVersion;
+
 /// The mount a path lives on, from /proc/self/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountPoint {
@@ -102,6 +105,43 @@ fn unescape(s: &str) -> String {
 
 /// The real host.
 pub struct LinuxHost;
+
+impl LinuxHost {
+    /// Reads the facts of this node (the runtime's `rro` support is the caller's).
+    pub fn node_facts(rro: bool) -> NodeFacts {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let cgroup = CgroupVersion::detect(&mountinfo);
+        let v2_controllers =
+            std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+        let (hugetlb, swap) = match cgroup {
+            CgroupVersion::V1 => (
+                Path::new("/sys/fs/cgroup/hugetlb").is_dir(),
+                Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+            ),
+            CgroupVersion::V2 => (
+                v2_controllers.split_whitespace().any(|c| c == "hugetlb"),
+                Path::new("/sys/fs/cgroup/init.scope/memory.swap.max").exists()
+                    || Path::new("/sys/fs/cgroup/system.slice/memory.swap.max").exists(),
+            ),
+        };
+        NodeFacts {
+            cgroup,
+            rro,
+            apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+                .is_ok_and(|s| s.trim() == "Y"),
+            hugetlb,
+            swap,
+            bounding: std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("CapBnd:"))
+                        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                })
+                .unwrap_or(0),
+        }
+    }
+}
 
 impl LinuxHost {
     fn device(path: &Path, relative: &Path, meta: &std::fs::Metadata) -> Option<HostDevice> {
@@ -213,6 +253,18 @@ mod tests {
         // A path component prefix is not an ancestor.
         let m = find_mount(MOUNTINFO, Path::new("/devices")).unwrap();
         assert_eq!(m.mount_point, Path::new("/"));
+    }
+
+    #[test]
+    fn node_facts_of_this_host() {
+        let facts = LinuxHost::node_facts(true);
+        assert!(facts.rro);
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert_eq!(facts.cgroup, CgroupVersion::detect(&mountinfo));
+        assert_ne!(
+            facts.bounding, 0,
+            "every test process holds some capability bound"
+        );
     }
 
     #[test]

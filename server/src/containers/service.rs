@@ -255,10 +255,10 @@ impl Containers {
             .runtime_binary(handler)
             .map(Path::to_path_buf)
         else {
-            return NodeFacts::probe(false);
+            return LinuxHost::node_facts(false);
         };
         *lock(&self.facts).entry(binary.clone()).or_insert_with(|| {
-            NodeFacts::probe(
+            LinuxHost::node_facts(
                 crate::node::RuntimeFeatures::probe(&binary).recursive_read_only_mounts,
             )
         })

@@ -167,43 +167,6 @@ impl Default for NodeFacts {
     }
 }
 
-impl NodeFacts {
-    /// Reads the facts of this node (the runtime's `rro` support is the caller's).
-    pub fn probe(rro: bool) -> NodeFacts {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let cgroup = CgroupVersion::detect(&mountinfo);
-        let v2_controllers =
-            std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
-        let (hugetlb, swap) = match cgroup {
-            CgroupVersion::V1 => (
-                Path::new("/sys/fs/cgroup/hugetlb").is_dir(),
-                Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
-            ),
-            CgroupVersion::V2 => (
-                v2_controllers.split_whitespace().any(|c| c == "hugetlb"),
-                Path::new("/sys/fs/cgroup/init.scope/memory.swap.max").exists()
-                    || Path::new("/sys/fs/cgroup/system.slice/memory.swap.max").exists(),
-            ),
-        };
-        NodeFacts {
-            cgroup,
-            rro,
-            apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-                .is_ok_and(|s| s.trim() == "Y"),
-            hugetlb,
-            swap,
-            bounding: std::fs::read_to_string("/proc/self/status")
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("CapBnd:"))
-                        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                })
-                .unwrap_or(0),
-        }
-    }
-}
-
 /// What the pod contributes to a container's spec.
 #[derive(Debug, Clone, Default)]
 pub struct PodContext {
