@@ -9,8 +9,13 @@
 //! It asserts only that critest ran to its summary; the counts are printed. `CRITEST_FOCUS` and
 //! `CRITEST_SKIP` pass through as ginkgo focus/skip regular expressions. critest's full output
 //! is kept in a log file whose path is printed first.
+//!
+//! critest's mount-propagation specs bind-mount directories under `$TMPDIR/test<pod id>...` on
+//! the host and leave them mounted when a spec fails; afterwards the run unmounts and removes
+//! those of its own pods (pod ids found in this berthd's log).
 
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,6 +24,7 @@ use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
 use berth_e2e::registry::Registry;
 use berth_e2e::testimages::push_critest_images;
 use berth_e2e::tools::{self, parse_ginkgo_summary};
+use nix::mount::{MntFlags, umount2};
 
 /// ginkgo's own limit; the outer one only guards against a hung critest.
 const GINKGO_TIMEOUT: &str = "30m";
@@ -85,6 +91,9 @@ fn critest_against_berthd() -> Result<()> {
             // Our own child, by PID: Child::kill sends SIGKILL to exactly this process.
             child.kill()?;
             child.wait()?;
+            clean_propagation_leftovers(
+                &std::fs::read_to_string(&berthd.paths().log).unwrap_or_default(),
+            );
             bail!(
                 "critest still running after {OUTER_TIMEOUT:?}; output in {}",
                 log_path.display()
@@ -92,6 +101,8 @@ fn critest_against_berthd() -> Result<()> {
         }
         std::thread::sleep(Duration::from_secs(1));
     };
+
+    clean_propagation_leftovers(&std::fs::read_to_string(&berthd.paths().log).unwrap_or_default());
 
     let output = std::fs::read_to_string(&log_path)?;
     for line in output
@@ -112,4 +123,74 @@ fn critest_against_berthd() -> Result<()> {
             berthd.log_tail()
         ),
     }
+}
+
+/// The pod id in a critest host-path directory name: `test<64 hex pod id><random digits>`.
+fn pod_id_of(name: &str) -> Option<&str> {
+    let id = name.strip_prefix("test")?.get(..64)?;
+    id.chars().all(|c| c.is_ascii_hexdigit()).then_some(id)
+}
+
+/// Mount points at or under `dir`, deepest first.
+fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    out.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    out
+}
+
+/// Unmounts and removes the host-path directories critest made for this run's pods.
+fn clean_propagation_leftovers(berthd_log: &str) {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(id) = pod_id_of(&name) else {
+            continue;
+        };
+        if !berthd_log.contains(id) {
+            continue;
+        }
+        let dir = entry.path();
+        for _ in 0..4 {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let mounts = mounts_under(&info, &dir);
+            if mounts.is_empty() {
+                break;
+            }
+            for m in mounts {
+                if let Err(e) = umount2(&m, MntFlags::MNT_DETACH) {
+                    eprintln!("critest leftover: umount {}: {e}", m.display());
+                }
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => println!("removed critest leftover {}", dir.display()),
+            Err(e) => eprintln!("critest leftover {}: {e}", dir.display()),
+        }
+    }
+}
+
+#[test]
+fn critest_leftovers_are_recognised_by_pod_id_and_unmounted_deepest_first() {
+    let id = "3e96a40520f96d27c3abb33de414c4fca5c951d30e19dd5e0503e225d07e9c32";
+    assert_eq!(pod_id_of(&format!("test{id}3553861859")), Some(id));
+    assert_eq!(pod_id_of("testing"), None);
+    assert_eq!(pod_id_of(&format!("podLogTest{id}")), None);
+    let info = format!(
+        "47 27 254:0 /x /tmp/test{id}1/mnt rw - ext4 /dev/vda rw\n\
+         48 47 254:0 /y /tmp/test{id}1/mnt/propagationMnt rw - ext4 /dev/vda rw\n\
+         49 27 254:0 /z /tmp/other rw - ext4 /dev/vda rw\n"
+    );
+    let dir = PathBuf::from(format!("/tmp/test{id}1"));
+    assert_eq!(
+        mounts_under(&info, &dir),
+        vec![dir.join("mnt/propagationMnt"), dir.join("mnt")]
+    );
 }

@@ -92,9 +92,9 @@ fn container_code(e: &ContainerError) -> Code {
         ContainerError::InvalidConfig(_) | ContainerError::Spec(SpecError::Build(_)) => {
             Code::InvalidArgument
         }
-        ContainerError::Spec(SpecError::Unsupported(_) | SpecError::NoPodPidNamespace(_)) => {
-            Code::FailedPrecondition
-        }
+        ContainerError::Spec(
+            SpecError::Unsupported(_) | SpecError::HostLacks(_) | SpecError::NoPodPidNamespace(_),
+        ) => Code::FailedPrecondition,
         ContainerError::Spec(_) => Code::InvalidArgument,
         ContainerError::NotFound(_)
         | ContainerError::PodNotFound(_)
@@ -218,6 +218,14 @@ mod tests {
             (
                 ContainerError::Spec(SpecError::UnknownUser("ghost".into())),
                 Code::InvalidArgument,
+            ),
+            (
+                ContainerError::Spec(SpecError::UnknownCapability("CAP_BOGUS".into())),
+                Code::InvalidArgument,
+            ),
+            (
+                ContainerError::Spec(SpecError::HostLacks("no apparmor".into())),
+                Code::FailedPrecondition,
             ),
             (
                 ContainerError::Timeout(std::time::Duration::from_secs(1)),

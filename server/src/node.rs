@@ -76,7 +76,7 @@ impl RuntimeFeatures {
         }
     }
 
-    fn probe(binary: &Path) -> RuntimeFeatures {
+    pub fn probe(binary: &Path) -> RuntimeFeatures {
         match std::process::Command::new(binary)
             .arg("features")
             .stdin(std::process::Stdio::null())

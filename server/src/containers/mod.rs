@@ -2,7 +2,10 @@
 //! ([`spec`]), its seams to the pod's shim and to mount(2) ([`tasks`]), and the task view of
 //! containers that berth's task API uses ([`inspect`]).
 
+pub mod host;
 pub mod inspect;
+pub mod seccomp;
 pub mod service;
 pub mod spec;
 pub mod tasks;
+pub mod volumes;

@@ -35,7 +35,8 @@ use prost::Message;
 use tokio::io::AsyncReadExt;
 use tokio::runtime::Handle;
 
-use crate::containers::spec::{self, PodContext, SpecError, SpecInput};
+use crate::containers::host::{Host, LinuxHost};
+use crate::containers::spec::{self, NodeFacts, PodContext, SpecError, SpecInput};
 use crate::containers::tasks::{Exit, RootfsMounter, TaskError, TaskState, Tasks};
 use crate::images::{ImageError, Images, chain_ids};
 use crate::sandbox::namespaces::Namespace;
@@ -116,6 +117,10 @@ pub struct Containers {
     mounts: Arc<dyn RootfsMounter>,
     pub(super) tasks: Arc<dyn Tasks>,
     oom_score_adj_floor: i32,
+    /// What the spec reads from the host (host paths, mounts, devices, profiles).
+    host: Arc<dyn Host + Send + Sync>,
+    /// The node's facts per OCI runtime binary, probed at first use.
+    facts: Mutex<HashMap<PathBuf, NodeFacts>>,
     runtime: Handle,
     /// Held while a name is checked and reserved, and for every read-modify-write of a record.
     records: Mutex<()>,
@@ -236,10 +241,59 @@ impl Containers {
             mounts,
             tasks,
             oom_score_adj_floor,
+            host: Arc::new(LinuxHost),
+            facts: Mutex::new(HashMap::new()),
             runtime,
             records: Mutex::new(()),
             ops: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The node's facts as the spec of a container on runtime handler `handler` needs them.
+    fn node_facts(&self, handler: &str) -> NodeFacts {
+        let Some(binary) = self
+            .sandboxes
+            .runtime_binary(handler)
+            .map(Path::to_path_buf)
+        else {
+            return LinuxHost::node_facts(false);
+        };
+        *lock(&self.facts).entry(binary.clone()).or_insert_with(|| {
+            LinuxHost::node_facts(
+                crate::node::RuntimeFeatures::probe(&binary).recursive_read_only_mounts,
+            )
+        })
+    }
+
+    /// The init pid of the running container `target` that a `TARGET` pid namespace joins.
+    fn target_pid(&self, config: &ContainerConfig) -> Result<Option<u32>, ContainerError> {
+        let Some(opts) = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .filter(|o| o.pid == NamespaceMode::Target as i32)
+        else {
+            return Ok(None);
+        };
+        let target = self.find(&opts.target_id)?.ok_or_else(|| {
+            ContainerError::InvalidConfig(format!(
+                "namespace_options.target_id: container {:?} not found",
+                opts.target_id
+            ))
+        })?;
+        if target.state() != ContainerState::Running {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "namespace_options.target_id: container {} is not running",
+                target.id
+            )));
+        }
+        let pid = self
+            .tasks
+            .state(&target.sandbox_id, &target.id, "")
+            .map_err(Self::task_err(&target.id))?
+            .pid;
+        Ok(Some(pid).filter(|p| *p > 0))
     }
 
     pub(super) fn dir(&self, id: &str) -> PathBuf {
@@ -399,16 +453,21 @@ impl Containers {
         let top = chain_ids(&diff_ids).pop();
         let mut progress = Progress::default();
         let ctx = self.pod_context(&pod);
-        let result = self.set_up(
-            &record,
-            &config,
-            &process_config,
-            &image_name,
-            &ctx,
-            top.as_deref(),
-            log_path.as_deref(),
-            &mut progress,
-        );
+        let facts = self.node_facts(&pod.record.runtime_handler);
+        let result = self.target_pid(&config).and_then(|target_pid| {
+            self.set_up(
+                &record,
+                &config,
+                &process_config,
+                &image_name,
+                &ctx,
+                top.as_deref(),
+                log_path.as_deref(),
+                &mut progress,
+                &facts,
+                target_pid,
+            )
+        });
         match result {
             Ok(()) => {
                 self.update(&id, |r| r.set_state(ContainerState::Created))?;
@@ -438,6 +497,7 @@ impl Containers {
         let node = NamespaceMode::Node as i32;
         let own_net = opts.network != node;
         let own_ipc = opts.ipc != node;
+        let linux = pod.config.linux.clone().unwrap_or_default();
         PodContext {
             id: id.clone(),
             name: pod.record.name.clone(),
@@ -451,12 +511,12 @@ impl Containers {
             pid_ns: (pod.record.pid_holder_pid != 0)
                 .then(|| PathBuf::from(format!("/proc/{}/ns/pid", pod.record.pid_holder_pid))),
             files_dir: self.sandbox_dirs.sandbox(id),
-            cgroup_parent: pod
-                .config
-                .linux
+            privileged: linux
+                .security_context
                 .as_ref()
-                .map(|l| l.cgroup_parent.clone())
-                .unwrap_or_default(),
+                .is_some_and(|s| s.privileged),
+            sysctls: linux.sysctls.into_iter().collect(),
+            cgroup_parent: linux.cgroup_parent,
         }
     }
 
@@ -471,6 +531,8 @@ impl Containers {
         top_layer: Option<&str>,
         log_path: Option<&Path>,
         progress: &mut Progress,
+        facts: &NodeFacts,
+        target_pid: Option<u32>,
     ) -> Result<(), ContainerError> {
         let id = &record.id;
         let dir = self.dir(id);
@@ -486,6 +548,12 @@ impl Containers {
                 id: id.clone(),
                 message,
             })?;
+        let mut volumes = Vec::new();
+        for (n, path) in crate::containers::volumes::needed(image, config) {
+            let vol = dir.join("volumes").join(n.to_string());
+            crate::containers::volumes::prepare(&rootfs, &path, &vol).map_err(io_err(&vol))?;
+            volumes.push(crate::containers::volumes::mount(&path, &vol));
+        }
         let passwd = read_in_rootfs(&rootfs, "etc/passwd");
         let group = read_in_rootfs(&rootfs, "etc/group");
         let spec = spec::build(&SpecInput {
@@ -497,7 +565,10 @@ impl Containers {
             passwd: &passwd,
             group: &group,
             oom_score_adj_floor: self.oom_score_adj_floor,
-            host_path_exists: &|p: &Path| p.exists(),
+            node: facts,
+            host: self.host.as_ref(),
+            target_pid,
+            volumes: &volumes,
         })?;
         let config_path = dir.join("config.json");
         let json = serde_json::to_vec_pretty(&spec)
@@ -873,6 +944,22 @@ impl Containers {
         (pid, self.dir(&c.record.id))
     }
 
+    /// The uid, gid and supplementary groups the container's process runs with, as its
+    /// bundle says (`None` before the bundle is written or after it is removed).
+    pub fn process_user(&self, c: &Container) -> Option<(u32, u32, Vec<u32>)> {
+        let spec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.dir(&c.record.id).join("config.json")).ok()?,
+        )
+        .ok()?;
+        let user = &spec["process"]["user"];
+        let id = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+        let groups = user["additionalGids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(id).collect())
+            .unwrap_or_default();
+        Some((id(&user["uid"])?, id(&user["gid"])?, groups))
+    }
+
     /// Every container, in id order; containers being created or removed are left out.
     pub fn list(&self) -> Result<Vec<Container>, ContainerError> {
         self.store
@@ -928,7 +1015,12 @@ impl Containers {
                 record.id
             )));
         }
-        let oci = spec::linux_resources(resources)?;
+        let handler = self
+            .sandboxes
+            .status(&record.sandbox_id)
+            .map(|p| p.record.runtime_handler)
+            .unwrap_or_default();
+        let oci = spec::linux_resources(resources, &self.node_facts(&handler))?;
         let json =
             serde_json::to_vec(&oci).map_err(|e| ContainerError::InvalidConfig(e.to_string()))?;
         self.tasks

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use berth_proto::cri::{
     Container as CriContainer, ContainerFilter, ContainerState as CriState, ContainerStatus,
-    ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest,
-    CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, ListContainersRequest,
-    ListContainersResponse, RemoveContainerRequest, RemoveContainerResponse,
+    ContainerStatusRequest, ContainerStatusResponse, ContainerUser, CreateContainerRequest,
+    CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, LinuxContainerUser,
+    ListContainersRequest, ListContainersResponse, RemoveContainerRequest, RemoveContainerResponse,
     ReopenContainerLogRequest, ReopenContainerLogResponse, StartContainerRequest,
     StartContainerResponse, StopContainerRequest, StopContainerResponse,
     UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
@@ -108,10 +108,11 @@ pub(super) async fn status(
     let id = req.container_id;
     let verbose = req.verbose;
     let span = tracing::info_span!("ContainerStatus", container.id = %id);
-    let (c, info) = blocking(move || {
+    let (c, info, user) = blocking(move || {
         let c = containers.status(&id)?;
         let info = verbose.then(|| containers.runtime_info(&c));
-        Ok((c, info))
+        let user = containers.process_user(&c);
+        Ok((c, info, user))
     })
     .instrument(span)
     .await?;
@@ -127,8 +128,16 @@ pub(super) async fn status(
         });
         out.insert("info".to_string(), v.to_string());
     }
+    let mut status = container_status(&c);
+    status.user = user.map(|(uid, gid, groups)| ContainerUser {
+        linux: Some(LinuxContainerUser {
+            uid: i64::from(uid),
+            gid: i64::from(gid),
+            supplemental_groups: groups.into_iter().map(i64::from).collect(),
+        }),
+    });
     Ok(ContainerStatusResponse {
-        status: Some(container_status(&c)),
+        status: Some(status),
         info: out,
     })
 }

@@ -75,7 +75,10 @@ impl Cri {
             }),
             info,
             runtime_handlers: self.runtime_handlers(),
-            ..Default::default()
+            // Both policies are applied and ContainerStatus reports the process's user.
+            features: Some(berth_proto::cri::RuntimeFeatures {
+                supplemental_groups_policy: true,
+            }),
         }
     }
 
@@ -299,6 +302,7 @@ mod tests {
             let f = h.features.unwrap();
             assert!(f.recursive_read_only_mounts && !f.user_namespaces);
         }
+        assert!(s.features.unwrap().supplemental_groups_policy);
     }
 
     #[test]

@@ -358,6 +358,10 @@ impl Sandboxes {
             })?
             .clone();
         let own = own_namespaces(&config);
+        if let Some(linux) = &config.linux {
+            crate::containers::spec::check_sysctls(&linux.sysctls, !own.net, !own.ipc)
+                .map_err(|e| SandboxError::InvalidConfig(e.to_string()))?;
+        }
         if own.net {
             self.net.ready().map_err(|e| match e {
                 NetworkError::NotReady(reason) | NetworkError::Plugin(reason) => {
@@ -690,6 +694,11 @@ impl Sandboxes {
         self.store.delete::<SandboxRecord>(&id)?;
         tracing::info!(pod.id = %id, "pod sandbox removed");
         Ok(())
+    }
+
+    /// The OCI runtime binary of a runtime handler.
+    pub fn runtime_binary(&self, handler: &str) -> Option<&Path> {
+        self.runtimes.get(handler).map(PathBuf::as_path)
     }
 
     /// PodSandboxStatus: the pod, or NotFound.
