@@ -452,6 +452,12 @@ fn containers_of_a_pod_share_its_pid_namespace_unless_they_ask_for_their_own() -
     ensure!(ps.contains("sleep 1001"), "{ps}");
     let init = berthd.crictl_ok(&["exec", "-s", &b, "cat", "/proc/1/comm"])?;
     ensure!(init.trim() == "berth-pidns", "pid 1 is {init:?}");
+    // Its command line shows no host path.
+    let cmdline = berthd.crictl_ok(&["exec", "-s", &b, "cat", "/proc/1/cmdline"])?;
+    ensure!(
+        cmdline.starts_with("berth-pidns\0--id\0") && !cmdline.contains('/'),
+        "pid 1 runs {cmdline:?}"
+    );
     let holder: u32 = {
         let a_pid = inspect(&berthd, &a)?["info"]["pid"].as_u64().unwrap_or(0);
         let ns = |pid: u64| std::fs::read_link(format!("/proc/{pid}/ns/pid"));

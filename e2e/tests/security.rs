@@ -227,20 +227,30 @@ fn a_container_sees_its_security_context_and_limits_from_the_inside() -> Result<
     ensure!(ids.trim() == "0 0", "id: {ids:?}");
     exec(&berthd, &plain, "echo x > /file")?;
 
-    // Pid namespaces: TARGET joins another container's, NODE is the host's.
+    // Pid namespaces: by default (POD) the pod's, whose init is berth's holder; CONTAINER is
+    // the container's own; TARGET joins another container's; NODE is the host's.
+    let init = exec(&berthd, &plain, "cat /proc/1/comm")?;
+    ensure!(init.trim() == "berth-pidns", "the pod's pid 1: {init:?}");
+    let solo = container(
+        &berthd,
+        &p,
+        "solo",
+        json!({"security_context": {"namespace_options": {"pid": 1}}}),
+        json!([]),
+    )?;
     let joined = container(
         &berthd,
         &p,
         "joined",
-        json!({"security_context": {"namespace_options": {"pid": 3, "target_id": plain}}}),
+        json!({"security_context": {"namespace_options": {"pid": 3, "target_id": solo}}}),
         json!([]),
     )?;
     let procs = exec(&berthd, &joined, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '")?;
     ensure!(
-        procs.matches("sleep 1000").count() >= 2,
-        "the target's process is visible: {procs:?}"
+        procs.matches("sleep 1000").count() == 2,
+        "the target's process and its own, nothing else: {procs:?}"
     );
-    let mine = exec(&berthd, &plain, "cat /proc/1/cmdline | tr '\\0' ' '")?;
+    let mine = exec(&berthd, &solo, "cat /proc/1/cmdline | tr '\\0' ' '")?;
     ensure!(
         mine.trim() == "sleep 1000",
         "the target's own pid 1: {mine:?}"

@@ -175,8 +175,8 @@ fn read_pid(file: &Path) -> Option<u32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
-/// Whether `pid` is the live PID namespace holder of pod `id`: a fork of its shim (same
-/// command line) that renamed itself.
+/// Whether `pid` is the live PID namespace holder of pod `id`: the shim binary run as
+/// `berth-pidns --id <pod id>` (shim/src/pidns.rs).
 fn is_holder_of(pid: u32, id: &str) -> bool {
     is_shim_of(pid, id)
         && std::fs::read_to_string(format!("/proc/{pid}/comm"))

@@ -97,6 +97,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Args> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().next().as_deref() == Some(pidns::HOLDER_NAME) {
+        pidns::hold();
+    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.iter().any(|a| a == "--version" || a == "-v") {
         println!("berth-shim {}", env!("CARGO_PKG_VERSION"));
@@ -106,7 +109,7 @@ fn main() -> ExitCode {
         // Forked while the process still has one thread: the runtime below starts none, but
         // nothing may run before this that could.
         if let Some(file) = &args.pid_holder {
-            pidns::spawn_holder(file)?;
+            pidns::spawn_holder(file, &args.id)?;
         }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

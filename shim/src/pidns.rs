@@ -10,8 +10,11 @@
 //! The shim forks a helper that unshares a new PID namespace and forks the holder (the first
 //! process of that namespace, so its init), writes the holder's pid to a file, and exits. The
 //! holder is reparented to the host's init (the shim is not a subreaper yet), so it survives
-//! the shim. Its only job is to reap the orphans the namespace gives it, until it is killed.
+//! the shim. It re-executes the shim binary as `berth-pidns --id <pod id>`, so that containers
+//! that look at their pid 1 see that rather than the shim's command line with host paths. Its
+//! only job is to reap the orphans the namespace gives it, until it is killed.
 
+use std::ffi::CString;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -22,13 +25,13 @@ use nix::unistd::{ForkResult, Pid, fork};
 
 /// Forks the holder of a new PID namespace and writes its pid (as the shim sees it) to
 /// `pid_file`. Call only while the process is single-threaded.
-pub fn spawn_holder(pid_file: &Path) -> anyhow::Result<u32> {
+pub fn spawn_holder(pid_file: &Path, pod_id: &str) -> anyhow::Result<u32> {
     let tmp = pid_file.with_extension("tmp");
     // SAFETY: the shim has no other thread yet (called before the runtime is built), so the
     // child may use any function, as the parent would.
     match unsafe { fork() }.context("forking the pid namespace helper")? {
         ForkResult::Child => {
-            let code = match helper(&tmp, pid_file) {
+            let code = match helper(&tmp, pid_file, pod_id) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("berth-shim: pid namespace holder: {e:#}");
@@ -54,11 +57,11 @@ pub fn spawn_holder(pid_file: &Path) -> anyhow::Result<u32> {
 }
 
 /// In the forked helper: a new PID namespace for the next child, which becomes the holder.
-fn helper(tmp: &Path, pid_file: &Path) -> anyhow::Result<()> {
+fn helper(tmp: &Path, pid_file: &Path, pod_id: &str) -> anyhow::Result<()> {
     unshare(CloneFlags::CLONE_NEWPID).context("unshare(CLONE_NEWPID)")?;
     // SAFETY: the helper is single-threaded (a fork of a single-threaded process).
     match unsafe { fork() }.context("forking the pid namespace holder")? {
-        ForkResult::Child => hold(),
+        ForkResult::Child => become_holder(pod_id),
         ForkResult::Parent { child } => {
             std::fs::write(tmp, child.as_raw().to_string())
                 .with_context(|| format!("writing {}", tmp.display()))?;
@@ -69,8 +72,12 @@ fn helper(tmp: &Path, pid_file: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Init of the pod's PID namespace: reaps whatever exits in it, forever.
-fn hold() -> ! {
+/// The process name, and `argv[0]`, of the holder.
+pub const HOLDER_NAME: &str = "berth-pidns";
+
+/// In the holder, first process of the new namespace: drop everything of the shim's and run
+/// the shim binary again as [`HOLDER_NAME`], which `main` sends to [`hold`].
+fn become_holder(pod_id: &str) -> ! {
     // Nothing of the shim's may stay open here (its stdout pipe to berthd, its log), and the
     // holder must not keep any mount busy.
     let _ = nix::unistd::chdir("/");
@@ -87,6 +94,14 @@ fn hold() -> ! {
     }
     // SAFETY: close_range only closes descriptors; none above 2 is used from here on.
     unsafe { nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    let args = [HOLDER_NAME, "--id", pod_id].map(|a| CString::new(a).unwrap_or_default());
+    let _ = nix::unistd::execv(c"/proc/self/exe", &args);
+    // The exec failed (the binary is gone): hold as the fork we are.
+    hold()
+}
+
+/// Init of the pod's PID namespace: reaps whatever exits in it, forever.
+pub fn hold() -> ! {
     let _ = nix::sys::prctl::set_name(c"berth-pidns");
 
     // SIGCHLD stays blocked except inside sigsuspend, so an exit between the reaping loop and
