@@ -93,6 +93,9 @@ pub struct Flags {
     /// Seconds a pull may go without progress before it fails [default: 60].
     #[arg(long, value_name = "SECONDS", global = true)]
     pub pull_progress_timeout_secs: Option<u64>,
+    /// Image reported pinned (repeatable; replaces the configured list).
+    #[arg(long = "pinned-image", value_name = "IMAGE", global = true)]
+    pub pinned_images: Vec<String>,
 }
 
 impl Flags {
@@ -150,6 +153,9 @@ impl Flags {
         }
         if let Some(v) = self.pull_progress_timeout_secs {
             c.registry.pull_progress_timeout_secs = v;
+        }
+        if !self.pinned_images.is_empty() {
+            c.registry.pinned_images = self.pinned_images;
         }
         c.validate()?;
         Ok(c)

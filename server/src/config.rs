@@ -68,6 +68,9 @@ pub struct NetworkConfig {
     pub default_network_name: String,
 }
 
+/// kubelet's default sandbox image, pinned by default.
+pub const DEFAULT_PINNED_IMAGE: &str = "registry.k8s.io/pause:3.10";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
@@ -77,6 +80,8 @@ pub struct RegistryConfig {
     pub mirrors: BTreeMap<String, Mirror>,
     /// Seconds a pull may go without receiving a byte before it fails.
     pub pull_progress_timeout_secs: u64,
+    /// Images reported `pinned` (kubelet's image garbage collection never removes them).
+    pub pinned_images: Vec<String>,
 }
 
 impl Default for RegistryConfig {
@@ -85,6 +90,7 @@ impl Default for RegistryConfig {
             insecure: Vec::new(),
             mirrors: BTreeMap::new(),
             pull_progress_timeout_secs: 60,
+            pinned_images: vec![DEFAULT_PINNED_IMAGE.to_string()],
         }
     }
 }
@@ -248,6 +254,12 @@ insecure = []
 # (flag: --pull-progress-timeout-secs).
 pull_progress_timeout_secs = 60
 
+# Images reported as pinned, so that kubelet's image garbage collection keeps them; by name
+# and tag or name and digest (flag: --pinned-image, repeatable, replaces the list). berth
+# needs no pause image itself; kubelet's default sandbox image is pinned as containerd pins its
+# sandbox image.
+pinned_images = ["registry.k8s.io/pause:3.10"]
+
 # Mirrors per registry host, tried in order before the registry itself
 # (flag: --registry-mirror HOST=URL, repeatable). For example:
 # [registry.mirrors."registry.k8s.io"]
@@ -350,6 +362,12 @@ impl Config {
                 key: "registry.pull_progress_timeout_secs",
                 message: "must be at least 1".to_string(),
             });
+        }
+        for image in &self.registry.pinned_images {
+            crate::images::reference::ImageRef::parse(image).map_err(|e| ConfigError::Invalid {
+                key: "registry.pinned_images",
+                message: e.to_string(),
+            })?;
         }
         for (host, mirror) in &self.registry.mirrors {
             if mirror.endpoints.is_empty() {

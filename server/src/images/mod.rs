@@ -101,6 +101,8 @@ pub struct Images {
     records: Mutex<()>,
     /// What pulls in flight use, kept from garbage collection.
     leases: gc::Leases,
+    /// Images reported pinned, normalised (`name:tag` or `name@digest`).
+    pinned: Vec<String>,
 }
 
 impl std::fmt::Debug for Images {
@@ -126,6 +128,15 @@ impl Images {
         layers: Option<Arc<dyn LayerStore>>,
     ) -> Result<Arc<Images>, ImageError> {
         let content = ContentStore::open(&root.join("content"))?;
+        let pinned = registry
+            .pinned_images
+            .iter()
+            .filter_map(|i| ImageRef::parse(i).ok())
+            .flat_map(|r| {
+                let by_digest = r.digest.as_ref().map(|d| r.with_digest(d));
+                r.tagged().into_iter().chain(by_digest)
+            })
+            .collect();
         let snapshots = root.join("snapshots");
         std::fs::create_dir_all(&snapshots)
             .map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))?;
@@ -140,6 +151,7 @@ impl Images {
             records: Mutex::new(()),
             clients: Mutex::new(HashMap::new()),
             leases: gc::Leases::default(),
+            pinned,
         }))
     }
 
@@ -191,14 +203,33 @@ impl Images {
     pub fn list(&self, filter: Option<&str>) -> Result<Vec<ImageRecord>, ImageError> {
         match filter {
             Some(f) if !f.is_empty() => Ok(self.resolve(f)?.into_iter().collect()),
-            _ => Ok(self.store.list::<ImageRecord>()?),
+            _ => Ok(self
+                .store
+                .list::<ImageRecord>()?
+                .into_iter()
+                .map(|r| self.mark_pinned(r))
+                .collect()),
         }
+    }
+
+    /// Sets `pinned` when one of the image's names is in the configured list.
+    fn mark_pinned(&self, mut image: ImageRecord) -> ImageRecord {
+        image.pinned = image
+            .repo_tags
+            .iter()
+            .chain(&image.repo_digests)
+            .any(|name| self.pinned.contains(name));
+        image
     }
 
     /// The image `reference` names, as containerd resolves it: a full image id (with or
     /// without `sha256:`), a unique prefix of one (as `crictl images` prints them), a
     /// `name:tag` or a `name@digest` (normalised first).
     pub fn resolve(&self, reference: &str) -> Result<Option<ImageRecord>, ImageError> {
+        Ok(self.find(reference)?.map(|r| self.mark_pinned(r)))
+    }
+
+    fn find(&self, reference: &str) -> Result<Option<ImageRecord>, ImageError> {
         if let Some(id) = as_image_id(reference) {
             return Ok(self.store.get::<ImageRecord>(&id)?);
         }
@@ -437,6 +468,34 @@ mod tests {
         images.remove("a:2").unwrap();
         assert!(images.resolve(A).unwrap().is_none());
         images.remove(A).unwrap();
+    }
+
+    #[test]
+    fn configured_images_are_reported_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::in_memory();
+        for r in [
+            record(A, &["registry.k8s.io/pause:3.10"], &[]),
+            record(D, &["docker.io/library/busybox:1"], &[]),
+        ] {
+            store.put(&r).unwrap();
+        }
+        let images = Images::open(dir.path(), store, RegistryConfig::default(), None).unwrap();
+        let pinned: Vec<(String, bool)> = images
+            .list(None)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.pinned))
+            .collect();
+        assert_eq!(pinned, [(A.to_string(), true), (D.to_string(), false)]);
+        assert!(
+            images
+                .resolve("registry.k8s.io/pause:3.10")
+                .unwrap()
+                .unwrap()
+                .pinned
+        );
+        assert!(!images.resolve("busybox:1").unwrap().unwrap().pinned);
     }
 
     #[test]
