@@ -136,6 +136,17 @@ fn pod_lifecycle_with_network_files_and_shim() -> Result<()> {
         ensure!(shim.ends_with(":/berth/shims"), "shim in {shim}");
         ensure!(shim != daemon, "shim shares berthd's cgroup {daemon}");
     }
+    // So does the pod's PID namespace holder (the pod shares one: no namespace options).
+    let holder_file = berthd
+        .paths()
+        .state
+        .join("shims")
+        .join(&id[..32])
+        .join("pid-holder");
+    let holder: u32 = std::fs::read_to_string(&holder_file)?.trim().parse()?;
+    for line in cgroups(holder)?.lines() {
+        ensure!(line.ends_with(":/berth/shims"), "pid holder in {line}");
+    }
 
     let sandbox = berthd.paths().state.join("sandboxes").join(&id);
     let read = |name: &str| std::fs::read_to_string(sandbox.join(name)).unwrap_or_default();

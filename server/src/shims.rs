@@ -76,7 +76,58 @@ pub struct ProcessShims {
     /// `<state>`: shims live in `<state>/shims/`, runc keeps state in `<state>/runc`.
     state: PathBuf,
     runtime: Handle,
+    spawner: Spawner,
     clients: Mutex<HashMap<String, TaskClient>>,
+}
+
+/// Where shims are forked: a thread of its own with a current-thread runtime, placed once in
+/// [`SHIM_CGROUP`] of every cgroup v1 hierarchy, so that each shim is born there. Moving a
+/// process afterwards costs a few milliseconds per hierarchy (ten of them on a v1 host), on
+/// the RunPodSandbox path. Only the cgroup2 hierarchy, which takes whole processes, still
+/// needs a move per shim.
+struct Spawner {
+    handle: Handle,
+    /// Whether the thread made it into every v1 hierarchy; otherwise shims are moved in all.
+    in_v1_cgroup: bool,
+}
+
+impl Spawner {
+    fn start(cgroups: &CgroupFs, fallback: &Handle) -> Spawner {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cg = cgroups.clone();
+        let thread = std::thread::Builder::new()
+            .name("shim-spawner".into())
+            .spawn(move || {
+                let tid = u32::try_from(nix::unistd::gettid().as_raw()).unwrap_or(0);
+                let problems = cg.enter_thread_v1(SHIM_CGROUP, tid);
+                for problem in &problems {
+                    tracing::warn!(%problem, "placing the shim spawner thread");
+                }
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "shim spawner runtime");
+                        return;
+                    }
+                };
+                if tx.send((rt.handle().clone(), problems.is_empty())).is_ok() {
+                    rt.block_on(std::future::pending::<()>());
+                }
+            });
+        match thread.ok().and_then(|_| rx.recv().ok()) {
+            Some((handle, in_v1_cgroup)) => Spawner {
+                handle,
+                in_v1_cgroup,
+            },
+            None => Spawner {
+                handle: fallback.clone(),
+                in_v1_cgroup: false,
+            },
+        }
+    }
 }
 
 impl ProcessShims {
@@ -86,11 +137,13 @@ impl ProcessShims {
         state: PathBuf,
         runtime: Handle,
     ) -> ProcessShims {
+        let spawner = Spawner::start(&cgroups, &runtime);
         ProcessShims {
             binary,
             cgroups,
             state,
             runtime,
+            spawner,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -171,6 +224,16 @@ impl ProcessShims {
     }
 }
 
+/// Moves a process the spawner forked (or a child of one) into [`SHIM_CGROUP`] in the
+/// hierarchies where it was not born there.
+fn enter_shim_cgroup(cgroups: &CgroupFs, in_v1_cgroup: bool, pid: u32) -> Vec<String> {
+    if in_v1_cgroup {
+        cgroups.enter_unified(SHIM_CGROUP, pid)
+    } else {
+        cgroups.enter(SHIM_CGROUP, pid)
+    }
+}
+
 fn read_pid(file: &Path) -> Option<u32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
@@ -242,37 +305,42 @@ impl ShimLauncher for ProcessShims {
         }
         let binary = self.binary.clone();
         let cgroups = self.cgroups.clone();
+        let in_v1_cgroup = self.spawner.in_v1_cgroup;
         let pod = id.to_string();
+        // Runs on the spawner's thread, so that the fork happens there (see `Spawner`).
+        let spawned = self.spawner.handle.spawn(async move {
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("running {}: {e}", binary.display()))?;
+            let pid = child.id().unwrap_or(0);
+            // Before it can start a runtime, so every child it forks is born there.
+            for problem in enter_shim_cgroup(&cgroups, in_v1_cgroup, pid) {
+                tracing::warn!(pod.id = %pod, %problem, "moving the shim out of berthd's cgroup");
+            }
+            let mut line = String::new();
+            if let Some(out) = child.stdout.take() {
+                let mut out = BufReader::new(out);
+                let _ = tokio::time::timeout(START_TIMEOUT, out.read_line(&mut line)).await;
+            }
+            let address = line.trim().to_string();
+            if !address.starts_with("unix://") {
+                let _ = child.kill().await;
+                return Err(format!(
+                    "{} printed no address within {START_TIMEOUT:?}",
+                    binary.display()
+                ));
+            }
+            // The shim outlives this call; a task reaps it when it exits so no zombie stays.
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            Ok((pid, address))
+        });
         let (pid, address) = self
             .runtime
-            .block_on(async move {
-                let mut child = cmd
-                    .spawn()
-                    .map_err(|e| format!("running {}: {e}", binary.display()))?;
-                let pid = child.id().unwrap_or(0);
-                // Moved before it can start a runtime, so every child it forks is born there.
-                for problem in cgroups.enter(SHIM_CGROUP, pid) {
-                    tracing::warn!(pod.id = %pod, %problem, "moving the shim out of berthd's cgroup");
-                }
-                let mut line = String::new();
-                if let Some(out) = child.stdout.take() {
-                    let mut out = BufReader::new(out);
-                    let _ = tokio::time::timeout(START_TIMEOUT, out.read_line(&mut line)).await;
-                }
-                let address = line.trim().to_string();
-                if !address.starts_with("unix://") {
-                    let _ = child.kill().await;
-                    return Err(format!(
-                        "{} printed no address within {START_TIMEOUT:?}",
-                        binary.display()
-                    ));
-                }
-                // The shim outlives this call; a task reaps it when it exits so no zombie stays.
-                tokio::spawn(async move {
-                    let _ = child.wait().await;
-                });
-                Ok((pid, address))
-            })
+            .block_on(spawned)
+            .map_err(|e| format!("shim spawner: {e}"))
+            .and_then(|r| r)
             .map_err(|message| {
                 let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
                 start_err(format!("{message}: {}", stderr.trim()))
@@ -292,7 +360,7 @@ impl ShimLauncher for ProcessShims {
             0
         };
         if pid_holder != 0 {
-            for problem in self.cgroups.enter(SHIM_CGROUP, pid_holder) {
+            for problem in enter_shim_cgroup(&self.cgroups, self.spawner.in_v1_cgroup, pid_holder) {
                 tracing::warn!(pod.id = %id, %problem, "moving the pid namespace holder");
             }
         }
