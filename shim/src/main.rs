@@ -97,9 +97,6 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Args> {
 }
 
 fn main() -> ExitCode {
-    if std::env::args().next().as_deref() == Some(pidns::HOLDER_NAME) {
-        pidns::hold();
-    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.iter().any(|a| a == "--version" || a == "-v") {
         println!("berth-shim {}", env!("CARGO_PKG_VERSION"));

@@ -10,11 +10,10 @@
 //! The shim forks a helper that unshares a new PID namespace and forks the holder (the first
 //! process of that namespace, so its init), writes the holder's pid to a file, and exits. The
 //! holder is reparented to the host's init (the shim is not a subreaper yet), so it survives
-//! the shim. It re-executes the shim binary as `berth-pidns --id <pod id>`, so that containers
+//! the shim. It rewrites its command line to `berth-pidns --id <pod id>`, so that containers
 //! that look at their pid 1 see that rather than the shim's command line with host paths. Its
 //! only job is to reap the orphans the namespace gives it, until it is killed.
 
-use std::ffi::CString;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -72,11 +71,11 @@ fn helper(tmp: &Path, pid_file: &Path, pod_id: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The process name, and `argv[0]`, of the holder.
-pub const HOLDER_NAME: &str = "berth-pidns";
+/// The process name, and `argv[0]`, of the holder (berthd checks it: server/src/shims.rs).
+const HOLDER_NAME: &str = "berth-pidns";
 
-/// In the holder, first process of the new namespace: drop everything of the shim's and run
-/// the shim binary again as [`HOLDER_NAME`], which `main` sends to [`hold`].
+/// In the holder, first process of the new namespace: drop everything of the shim's, take the
+/// command line `berth-pidns --id <pod id>`, and hold.
 fn become_holder(pod_id: &str) -> ! {
     // Nothing of the shim's may stay open here (its stdout pipe to berthd, its log), and the
     // holder must not keep any mount busy.
@@ -94,14 +93,45 @@ fn become_holder(pod_id: &str) -> ! {
     }
     // SAFETY: close_range only closes descriptors; none above 2 is used from here on.
     unsafe { nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    let args = [HOLDER_NAME, "--id", pod_id].map(|a| CString::new(a).unwrap_or_default());
-    let _ = nix::unistd::execv(c"/proc/self/exe", &args);
-    // The exec failed (the binary is gone): hold as the fork we are.
+    set_cmdline(&[HOLDER_NAME, "--id", pod_id]);
     hold()
 }
 
+/// Rewrites this process's command line in place, as setproctitle(3) does: `/proc/<pid>/cmdline`
+/// reads the argv area of the process's own memory, whose bounds the kernel gives in
+/// `/proc/self/stat`. Not exec'ing keeps the holder a copy-on-write sharer of the shim's pages
+/// (an exec of the shim binary cost about 400 KiB of PSS per pod); rewriting keeps containers
+/// that read their pid 1 from seeing the shim's command line with host paths.
+fn set_cmdline(args: &[&str]) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name, which may hold spaces; `state` is field 3 of proc(5),
+    // `arg_start` 48 and `arg_end` 49.
+    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (field(48), field(49)) else {
+        return;
+    };
+    if end <= start {
+        return;
+    }
+    let mut area = vec![0u8; end - start];
+    let text = args.join("\0");
+    // The last byte stays NUL, which tells the kernel the area holds the whole command line.
+    let n = text.len().min(area.len() - 1);
+    area[..n].copy_from_slice(&text.as_bytes()[..n]);
+    // SAFETY: [start, end) is this process's argv area, as the kernel reports it: mapped and
+    // writable (the initial stack); the holder is single-threaded and never reads its
+    // arguments again.
+    unsafe { std::ptr::copy_nonoverlapping(area.as_ptr(), start as *mut u8, area.len()) };
+}
+
 /// Init of the pod's PID namespace: reaps whatever exits in it, forever.
-pub fn hold() -> ! {
+fn hold() -> ! {
     let _ = nix::sys::prctl::set_name(c"berth-pidns");
 
     // SIGCHLD stays blocked except inside sigsuspend, so an exit between the reaping loop and
