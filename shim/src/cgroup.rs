@@ -336,7 +336,7 @@ fn unified_dir(proc_cgroup: &str, root: &str) -> Option<PathBuf> {
 }
 
 /// The memory and cpuacct dirs from the v1 lines of `/proc/<pid>/cgroup`, located through the
-/// v1 mounts (or under /sys/fs/cgroup/<controller list> when no mount names the controller).
+/// v1 mounts (or under `/sys/fs/cgroup/<controller list>` when no mount names the controller).
 fn v1_dirs(proc_cgroup: &str, mounts: &[V1Mount]) -> (Option<PathBuf>, Option<PathBuf>) {
     let (mut memory, mut cpuacct) = (None, None);
     for line in proc_cgroup.lines() {
