@@ -24,8 +24,8 @@
 //! - `State{id, exec_id}`: pid, status (CREATED, RUNNING, PAUSED, STOPPED), exit status and time
 //!   once stopped, the stdout/stderr paths given at creation. For an init that was OOM-killed the
 //!   response carries the extension field [`OOM_KILLED_FIELD`] (unknown field 1000, varint 1):
-//!   the task API has no field for it. OOM means the container's cgroup v1 `memory.oom_control`
-//!   counted an `oom_kill` by the time its init exited.
+//!   the task API has no field for it. OOM means the `oom_kill` counter of the container's cgroup
+//!   (v1 `memory.oom_control`, v2 `memory.events`) rose between creation and its init's exit.
 //! - `Wait{id, exec_id}`: returns once the process has exited and its log copiers have drained
 //!   (at most 2 s after the exit): `exit_status` (exit code, or 128 + signal) and `exited_at`.
 //! - `Kill{id, exec_id, signal, all}`: init: `runc kill [--all]`; exec: kill(2) on its pid. A
@@ -40,9 +40,14 @@
 //!   container's log file(s) are reopened at their path (kubelet renamed the old file when
 //!   rotating: ReopenContainerLog). A non-empty `resources.value` (the OCI LinuxResources JSON)
 //!   goes to `runc update --resources`. Both may come in one request.
-//! - `Stats{id}`: an `Any` of type [`METRICS_TYPE_URL`] holding containerd's cgroup v1 `Metrics`
-//!   with memory usage/limit/max/failcnt (+ memsw), a few `memory.stat` fields, OOM control, and
-//!   cpuacct usage (total, user, kernel, per CPU); Unimplemented when no v1 cgroup was found.
+//! - `Stats{id}`: an `Any` holding containerd's metrics message of the host's cgroup version, as
+//!   containerd's runc shim answers. cgroup v1 (and hybrid) hosts:
+//!   [`METRICS_V1_TYPE_URL`](crate::cgroup::METRICS_V1_TYPE_URL), the v1 `Metrics` with memory
+//!   usage/limit/max/failcnt (+ memsw), a few `memory.stat` fields, OOM control, and cpuacct usage
+//!   (total, user, kernel, per CPU). cgroup v2 hosts:
+//!   [`METRICS_V2_TYPE_URL`](crate::cgroup::METRICS_V2_TYPE_URL), the v2 `Metrics` with pids,
+//!   `cpu.stat`, memory (current, max, peak, swap, `memory.stat`), `memory.events` and `io.stat`.
+//!   Unimplemented when no cgroup was found.
 //! - `Connect{id}`: the shim pid, the init pid and the shim version.
 //! - `CloseIO`: accepted, nothing to close (no stdin). `ResizePty`: FailedPrecondition (no
 //!   terminal). `Checkpoint`: Unimplemented.
@@ -73,10 +78,10 @@ use containerd_shim_protos::api::{
     StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status,
     UpdateTaskRequest, WaitRequest, WaitResponse,
 };
+use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
@@ -101,9 +106,6 @@ pub const REOPEN_LOG_ANNOTATION: &str = "berth.reopen-log";
 /// OOM-killed: the task API has no field for it. Read it with
 /// `resp.special_fields.unknown_fields().get(OOM_KILLED_FIELD)`.
 pub const OOM_KILLED_FIELD: u32 = 1000;
-
-/// Type URL of the `Any` returned by Stats (containerd's cgroup v1 metrics message).
-pub const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
 
 /// How long an exited process's log copiers may take to drain before the exit is recorded anyway
 /// (a daemonized child inside the container can keep the pipe open).
@@ -727,12 +729,12 @@ impl Service {
         let cgroups = self.with(&req.id, |c| Ok(c.cgroups.clone()))?;
         let metrics = cgroups.metrics().ok_or_else(|| {
             Error::Unimplemented(format!(
-                "no cgroup v1 memory or cpuacct cgroup known for container {}",
+                "no cgroup known for container {} (no v1 memory or cpuacct, no v2 unified cgroup)",
                 req.id
             ))
         })?;
         let mut any = Any::new();
-        any.type_url = METRICS_TYPE_URL.to_string();
+        any.type_url = metrics.type_url().to_string();
         any.value = metrics.write_to_bytes().map_err(|e| Error::Io {
             context: "encoding metrics".into(),
             source: std::io::Error::other(e),
@@ -1208,6 +1210,90 @@ mod tests {
         ));
         let calls = h.runtime.calls.lock().unwrap().clone();
         assert_eq!(calls, ["start c1", "kill c1 9", "delete c1"]);
+    }
+
+    fn write_v2_cgroup(dir: &Path, oom_kill: u64) {
+        std::fs::create_dir_all(dir).unwrap();
+        for (name, text) in [
+            ("memory.current", "4096\n".to_string()),
+            ("memory.max", "max\n".to_string()),
+            (
+                "cpu.stat",
+                "usage_usec 5\nuser_usec 3\nsystem_usec 2\n".to_string(),
+            ),
+            (
+                "memory.events",
+                format!("low 0\nhigh 0\nmax 1\noom {oom_kill}\noom_kill {oom_kill}\n"),
+            ),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+
+    fn oom_field(h: &Harness, id: &str) -> Option<u64> {
+        let mut req = StateRequest::new();
+        req.id = id.into();
+        let resp = h.service.do_state(&req).unwrap();
+        match resp.special_fields.unknown_fields().get(OOM_KILLED_FIELD) {
+            Some(containerd_shim_protos::protobuf::UnknownValueRef::Varint(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_v2_cgroup_answers_v2_stats_and_its_oom_kill_marks_the_state() {
+        use containerd_shim_protos::cgroups_v2::metrics::Metrics;
+        use containerd_shim_protos::protobuf::Message;
+
+        use crate::cgroup::Layout;
+
+        let h = harness(0);
+        h.create("c1", serde_json::json!({"args": ["sleep"]})).await;
+        let mut stats = StatsRequest::new();
+        stats.id = "c1".into();
+        let cg = h.dir.path().join("cgroup-c1");
+        write_v2_cgroup(&cg, 0);
+        h.service.lock().get_mut("c1").unwrap().cgroups =
+            CgroupPaths::new(Layout::V2 { dir: cg.clone() });
+
+        let any = h.service.do_stats(&stats).unwrap().stats.unwrap();
+        assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+        let m = Metrics::parse_from_bytes(&any.value).unwrap();
+        assert_eq!((m.memory.usage, m.memory.usage_limit), (4096, u64::MAX));
+        assert_eq!(m.cpu.usage_usec, 5);
+
+        h.service.do_start(start_req("c1", "")).await.unwrap();
+        write_v2_cgroup(&cg, 1);
+        h.runtime.exit("c1", 137);
+        assert_eq!(h.wait("c1", "").await, 137);
+        assert_eq!(oom_field(&h, "c1"), Some(1));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_exit_without_a_new_oom_kill_is_no_oom_and_no_cgroup_no_stats() {
+        use crate::cgroup::Layout;
+
+        let h = harness(0);
+        h.create("c1", serde_json::json!({"args": ["sleep"]})).await;
+        let cg = h.dir.path().join("cgroup-c1");
+        write_v2_cgroup(&cg, 2);
+        h.service.lock().get_mut("c1").unwrap().cgroups = CgroupPaths::new(Layout::V2 { dir: cg });
+        h.service.do_start(start_req("c1", "")).await.unwrap();
+        h.runtime.exit("c1", 0);
+        assert_eq!(h.wait("c1", "").await, 0);
+        assert_eq!(
+            oom_field(&h, "c1"),
+            None,
+            "kills before creation are not the container's"
+        );
+
+        h.service.lock().get_mut("c1").unwrap().cgroups = CgroupPaths::default();
+        let mut stats = StatsRequest::new();
+        stats.id = "c1".into();
+        assert!(matches!(
+            h.service.do_stats(&stats),
+            Err(Error::Unimplemented(_))
+        ));
     }
 
     #[tokio::test(flavor = "current_thread")]

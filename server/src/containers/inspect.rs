@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use berth_proto::shim::api::{PidsRequest, StatsRequest};
-use berth_proto::shim::cgroups::metrics::Metrics;
+use berth_proto::shim::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryOomControl, MemoryStat, Metrics, PidsStat, Throttle,
+};
+use berth_proto::shim::cgroups_v2::metrics as v2;
 use berth_proto::shim::protobuf::Message;
 use berth_proto::shim::protobuf::well_known_types::any::Any;
 use berth_store::{ContainerRecord, ContainerState};
@@ -16,8 +19,10 @@ use berth_store::{ContainerRecord, ContainerState};
 use crate::containers::service::{ContainerError, Containers};
 use crate::containers::tasks::{Exit, ShimTasks, TaskError, TaskState, WaitFuture};
 
-/// Type URL of the shim's Stats answer (containerd's cgroup v1 metrics message).
+/// Type URLs of the shim's Stats answer: containerd's metrics message of the host's cgroup
+/// version.
 const METRICS_V1_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
+const METRICS_V2_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskStatus {
@@ -232,20 +237,86 @@ pub fn wait_error(id: &str, exec_id: &str, e: TaskError) -> TaskOpError {
 pub trait TaskProbe: Send + Sync {
     /// Pids of the container's processes (`runc ps`); empty once it has stopped.
     fn pids(&self, pod: &str, id: &str) -> Result<Vec<u32>, TaskError>;
-    /// The container's cgroup v1 metrics.
+    /// The container's cgroup metrics in containerd's v1 terms (a cgroup v2 answer mapped).
     fn stats(&self, pod: &str, id: &str) -> Result<Metrics, TaskError>;
 }
 
-/// Decodes the `Any` of a shim's Stats answer.
+/// Decodes the `Any` of a shim's Stats answer: the v1 message as it is, the v2 message mapped
+/// to v1 by [`v1_from_v2`].
 pub fn decode_metrics(any: &Any) -> Result<Metrics, TaskError> {
-    if any.type_url != METRICS_V1_TYPE_URL {
-        return Err(TaskError::Failed(format!(
-            "the shim returned stats of type {:?}, expected {METRICS_V1_TYPE_URL}",
-            any.type_url
-        )));
+    let undecodable = |e| TaskError::Failed(format!("undecodable stats from the shim: {e}"));
+    match any.type_url.as_str() {
+        METRICS_V1_TYPE_URL => Metrics::parse_from_bytes(&any.value).map_err(undecodable),
+        METRICS_V2_TYPE_URL => v2::Metrics::parse_from_bytes(&any.value)
+            .map(|m| v1_from_v2(&m))
+            .map_err(undecodable),
+        other => Err(TaskError::Failed(format!(
+            "the shim returned stats of type {other:?}, expected {METRICS_V1_TYPE_URL} or \
+             {METRICS_V2_TYPE_URL}"
+        ))),
     }
-    Metrics::parse_from_bytes(&any.value)
-        .map_err(|e| TaskError::Failed(format!("undecodable stats from the shim: {e}")))
+}
+
+/// containerd's cgroup v2 metrics in v1 terms, so one reader serves both hosts. v2's
+/// memory.stat is hierarchical, so each value fills the v1 field and its `total_` twin:
+/// `anon` is rss, `file` is cache, `file_mapped` mapped_file; usage, limit and max come from
+/// memory.current, memory.max and memory.peak (an unlimited v2 limit stays `u64::MAX`, where v1
+/// shows a page-rounded i64::MAX), failcnt from memory.events `max`, the OOM kill counter from
+/// memory.events `oom_kill`; CPU microseconds become nanoseconds (no per-CPU usage in v2); pids
+/// map as they are. Swap (v1 memsw counts memory plus swap, v2 swap alone) and io are left out.
+fn v1_from_v2(m: &v2::Metrics) -> Metrics {
+    let mut out = Metrics::new();
+    if let Some(mem) = m.memory.as_ref() {
+        let mut usage = MemoryEntry::new();
+        usage.usage = mem.usage;
+        usage.limit = mem.usage_limit;
+        usage.max = mem.max_usage;
+        usage.failcnt = m.memory_events.as_ref().map_or(0, |e| e.max);
+        let mut s = MemoryStat::new();
+        s.usage = Some(usage).into();
+        (s.rss, s.total_rss) = (mem.anon, mem.anon);
+        (s.rss_huge, s.total_rss_huge) = (mem.anon_thp, mem.anon_thp);
+        (s.cache, s.total_cache) = (mem.file, mem.file);
+        (s.mapped_file, s.total_mapped_file) = (mem.file_mapped, mem.file_mapped);
+        (s.dirty, s.total_dirty) = (mem.file_dirty, mem.file_dirty);
+        (s.writeback, s.total_writeback) = (mem.file_writeback, mem.file_writeback);
+        (s.pg_fault, s.total_pg_fault) = (mem.pgfault, mem.pgfault);
+        (s.pg_maj_fault, s.total_pg_maj_fault) = (mem.pgmajfault, mem.pgmajfault);
+        (s.inactive_anon, s.total_inactive_anon) = (mem.inactive_anon, mem.inactive_anon);
+        (s.active_anon, s.total_active_anon) = (mem.active_anon, mem.active_anon);
+        (s.inactive_file, s.total_inactive_file) = (mem.inactive_file, mem.inactive_file);
+        (s.active_file, s.total_active_file) = (mem.active_file, mem.active_file);
+        (s.unevictable, s.total_unevictable) = (mem.unevictable, mem.unevictable);
+        s.hierarchical_memory_limit = mem.usage_limit;
+        out.memory = Some(s).into();
+    }
+    if let Some(events) = m.memory_events.as_ref() {
+        let mut oom = MemoryOomControl::new();
+        oom.oom_kill = events.oom_kill;
+        out.memory_oom_control = Some(oom).into();
+    }
+    if let Some(cpu) = m.cpu.as_ref() {
+        let ns = |usec: u64| usec.saturating_mul(1000);
+        let mut usage = CPUUsage::new();
+        usage.total = ns(cpu.usage_usec);
+        usage.user = ns(cpu.user_usec);
+        usage.kernel = ns(cpu.system_usec);
+        let mut throttling = Throttle::new();
+        throttling.periods = cpu.nr_periods;
+        throttling.throttled_periods = cpu.nr_throttled;
+        throttling.throttled_time = ns(cpu.throttled_usec);
+        let mut c = CPUStat::new();
+        c.usage = Some(usage).into();
+        c.throttling = Some(throttling).into();
+        out.cpu = Some(c).into();
+    }
+    if let Some(pids) = m.pids.as_ref() {
+        let mut p = PidsStat::new();
+        p.current = pids.current;
+        p.limit = pids.limit;
+        out.pids = Some(p).into();
+    }
+    out
 }
 
 impl TaskProbe for ShimTasks {
@@ -275,8 +346,6 @@ impl TaskProbe for ShimTasks {
 
 #[cfg(test)]
 mod tests {
-    use berth_proto::shim::cgroups::metrics::{MemoryEntry, MemoryStat};
-
     use super::*;
 
     fn record(state: ContainerState) -> ContainerRecord {
@@ -371,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn stats_decode_only_from_v1_metrics() {
+    fn stats_decode_from_v1_metrics_as_they_are() {
         let mut entry = MemoryEntry::new();
         entry.usage = 4096;
         let mut mem = MemoryStat::new();
@@ -381,14 +450,96 @@ mod tests {
         let mut any = Any::new();
         any.type_url = METRICS_V1_TYPE_URL.into();
         any.value = m.write_to_bytes().unwrap();
-        let decoded = decode_metrics(&any).unwrap();
-        assert_eq!(decoded.memory.usage.usage, 4096);
+        assert_eq!(decode_metrics(&any).unwrap(), m);
 
-        any.type_url = "io.containerd.cgroups.v2.Metrics".into();
+        any.type_url = "io.containerd.cgroups.v3.Metrics".into();
         let err = decode_metrics(&any).unwrap_err();
-        assert!(err.to_string().contains("cgroups.v2"), "{err}");
+        assert!(err.to_string().contains("cgroups.v3"), "{err}");
         any.type_url = METRICS_V1_TYPE_URL.into();
         any.value = vec![0xff, 0xff, 0xff];
         assert!(decode_metrics(&any).is_err());
+        any.type_url = METRICS_V2_TYPE_URL.into();
+        assert!(decode_metrics(&any).is_err());
+    }
+
+    /// What berth-shim answers on a cgroup v2 host: the v2 message from the unified files.
+    fn v2_answer() -> Any {
+        let mut mem = v2::MemoryStat::new();
+        mem.usage = 1_638_400;
+        mem.usage_limit = 64 << 20;
+        mem.max_usage = 2_097_152;
+        mem.anon = 135_168;
+        mem.file = 405_504;
+        mem.inactive_file = 270_336;
+        mem.active_file = 135_168;
+        mem.pgfault = 1089;
+        let mut events = v2::MemoryEvents::new();
+        events.max = 12;
+        events.oom = 2;
+        events.oom_kill = 1;
+        let mut cpu = v2::CPUStat::new();
+        cpu.usage_usec = 30_000;
+        cpu.user_usec = 20_000;
+        cpu.system_usec = 10_000;
+        cpu.nr_periods = 50;
+        cpu.nr_throttled = 3;
+        cpu.throttled_usec = 1500;
+        let mut pids = v2::PidsStat::new();
+        pids.current = 3;
+        pids.limit = u64::MAX;
+        let mut m = v2::Metrics::new();
+        m.memory = Some(mem).into();
+        m.memory_events = Some(events).into();
+        m.cpu = Some(cpu).into();
+        m.pids = Some(pids).into();
+        let mut any = Any::new();
+        any.type_url = METRICS_V2_TYPE_URL.into();
+        any.value = m.write_to_bytes().unwrap();
+        any
+    }
+
+    #[test]
+    fn stats_decode_from_v2_metrics_mapped_to_v1() {
+        let m = decode_metrics(&v2_answer()).unwrap();
+        let mem = &m.memory;
+        assert_eq!(
+            (
+                mem.usage.usage,
+                mem.usage.limit,
+                mem.usage.max,
+                mem.usage.failcnt
+            ),
+            (1_638_400, 64 << 20, 2_097_152, 12)
+        );
+        assert_eq!((mem.rss, mem.total_rss), (135_168, 135_168));
+        assert_eq!((mem.cache, mem.total_cache), (405_504, 405_504));
+        assert_eq!(mem.total_inactive_file, 270_336);
+        assert_eq!(mem.total_active_file, 135_168);
+        assert_eq!(mem.total_pg_fault, 1089);
+        assert!(mem.swap.is_none());
+        assert_eq!(m.memory_oom_control.oom_kill, 1);
+        let cpu = &m.cpu;
+        assert_eq!(
+            (cpu.usage.total, cpu.usage.user, cpu.usage.kernel),
+            (30_000_000, 20_000_000, 10_000_000)
+        );
+        assert!(cpu.usage.per_cpu.is_empty());
+        assert_eq!(
+            (
+                cpu.throttling.periods,
+                cpu.throttling.throttled_periods,
+                cpu.throttling.throttled_time
+            ),
+            (50, 3, 1_500_000)
+        );
+        assert_eq!((m.pids.current, m.pids.limit), (3, u64::MAX));
+    }
+
+    #[test]
+    fn v2_metrics_without_controllers_map_to_empty_parts() {
+        let mut any = Any::new();
+        any.type_url = METRICS_V2_TYPE_URL.into();
+        any.value = v2::Metrics::new().write_to_bytes().unwrap();
+        assert_eq!(decode_metrics(&any).unwrap(), Metrics::new());
     }
 }
