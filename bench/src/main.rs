@@ -219,10 +219,21 @@ impl Runtime for BerthRuntime {
     }
     fn pod_processes(&self) -> Vec<i32> {
         let daemon = self.0.pid() as i32;
-        procs::with_descendants(&procs::mentioning(&self.0.paths().dir))
-            .into_iter()
-            .filter(|&p| p != daemon)
-            .collect()
+        let pods: Vec<String> = self
+            .0
+            .crictl(&["pods", "-q", "--no-trunc"])
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut all = procs::with_descendants(&procs::mentioning(&self.0.paths().dir));
+        all.extend(procs::pid_holders(&pods));
+        all.sort_unstable();
+        all.dedup();
+        all.into_iter().filter(|&p| p != daemon).collect()
     }
 }
 

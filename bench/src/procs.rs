@@ -16,6 +16,22 @@ pub fn mentioning(needle: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// The PID namespace holders (`berth-pidns --id <pod>`) of these pods: reparented to init, so
+/// neither named after the daemon's directory nor below its shims.
+pub fn pid_holders(pods: &[String]) -> Vec<i32> {
+    all()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.len() >= 3
+                    && args[0] == b"berth-pidns"
+                    && pods.iter().any(|p| p.as_bytes() == args[2])
+            })
+        })
+        .collect()
+}
+
 /// `roots` and every process below them.
 pub fn with_descendants(roots: &[i32]) -> Vec<i32> {
     let parents: Vec<(i32, i32)> = all()
