@@ -59,6 +59,9 @@ fn berthd(config: &Path, root: &Path, state: &Path, socket: &Path) -> Command {
         .arg(socket)
         .arg("--cni-conf-dir")
         .arg(state.join("net.d"))
+        // These tests check berthd without a network; the default one has tests of its own.
+        .arg("--install-default-conflist")
+        .arg("false")
         // Any executable passes the start-up check; these tests run no container.
         .arg("--runtime")
         .arg("runc=/bin/true");
