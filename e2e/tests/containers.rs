@@ -447,6 +447,13 @@ fn containers_of_a_pod_share_its_pid_namespace_unless_they_ask_for_their_own() -
     let b = create(&berthd, &pod, &b_cfg, &pod_cfg)?;
     berthd.crictl_ok(&["start", &b])?;
 
+    // The pod's /dev/shm is one tmpfs for both.
+    berthd.crictl_ok(&["exec", "-s", &a, "sh", "-c", "echo shared > /dev/shm/note"])?;
+    let note = berthd.crictl_ok(&["exec", "-s", &b, "cat", "/dev/shm/note"])?;
+    ensure!(note.trim() == "shared", "b read {note:?} from /dev/shm");
+    let shm = berthd.crictl_ok(&["exec", "-s", &b, "sh", "-c", "df -k /dev/shm | tail -1"])?;
+    ensure!(shm.contains("65536"), "a 64 MiB tmpfs: {shm}");
+
     // b sees a's process, and pid 1 is the pod's holder, not either container.
     let ps = berthd.crictl_ok(&["exec", "-s", &b, "ps", "-o", "pid,comm,args"])?;
     ensure!(ps.contains("sleep 1001"), "{ps}");

@@ -507,6 +507,12 @@ impl Containers {
                 .unwrap_or_default(),
             net_ns: own_net.then(|| self.sandbox_dirs.ns(id, Namespace::Net)),
             ipc_ns: own_ipc.then(|| self.sandbox_dirs.ns(id, Namespace::Ipc)),
+            // Pods made before berth shared /dev/shm have no such directory: a tmpfs each.
+            shm: if own_ipc {
+                Some(self.sandbox_dirs.shm(id)).filter(|p| p.is_dir())
+            } else {
+                Some(PathBuf::from("/dev/shm"))
+            },
             uts_ns: own_net.then(|| self.sandbox_dirs.ns(id, Namespace::Uts)),
             pid_ns: (pod.record.pid_holder_pid != 0)
                 .then(|| PathBuf::from(format!("/proc/{}/ns/pid", pod.record.pid_holder_pid))),

@@ -24,6 +24,12 @@ impl NamespacePinner for NoNs {
     fn remove(&self, _: &Path) -> Result<(), NamespaceError> {
         Ok(())
     }
+    fn mount_shm(&self, _: &Path, _: u64) -> Result<(), NamespaceError> {
+        Ok(())
+    }
+    fn remove_shm(&self, _: &Path) -> Result<(), NamespaceError> {
+        Ok(())
+    }
 }
 struct NoNet;
 impl PodNetwork for NoNet {

@@ -188,6 +188,9 @@ pub struct PodContext {
     pub pid_ns: Option<PathBuf>,
     /// The pod's `hostname`, `hosts` and `resolv.conf` files.
     pub files_dir: PathBuf,
+    /// What the container's `/dev/shm` binds: the pod's shared tmpfs, or the host's
+    /// `/dev/shm` for a pod on the host's IPC namespace; `None`: a tmpfs of its own.
+    pub shm: Option<PathBuf>,
     /// The pod's cgroup parent (cgroupfs form); empty: `/berth/<pod id>`.
     pub cgroup_parent: String,
     /// The pod's security context allows privileged containers.
@@ -1159,6 +1162,19 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
                 .collect();
             m.set_options(Some(options));
         }
+    }
+    // The pod's /dev/shm, shared by its containers like their IPC namespace (containerd's
+    // sandbox shm), unless the container mounts something there itself.
+    if let Some(shm) = &pod.shm
+        && let Some(m) = mounts
+            .iter_mut()
+            .find(|m| m.destination() == Path::new("/dev/shm"))
+    {
+        let mut shared = bind("/dev/shm", shm, false, "rprivate")?;
+        let mut options = shared.options().clone().unwrap_or_default();
+        options.extend(["nosuid", "nodev", "noexec"].map(String::from));
+        shared.set_options(Some(options));
+        *m = shared;
     }
     for (dest, file) in [
         ("/etc/hostname", "hostname"),

@@ -137,6 +137,7 @@ fn pod() -> PodContext {
         uts_ns: Some("/run/berth/sandboxes/pod1/ns/uts".into()),
         pid_ns: Some("/proc/4242/ns/pid".into()),
         files_dir: "/run/berth/sandboxes/pod1".into(),
+        shm: Some("/run/berth/sandboxes/pod1/shm".into()),
         cgroup_parent: String::new(),
         privileged: false,
         sysctls: BTreeMap::new(),
@@ -385,6 +386,32 @@ fn spec_mounts_pod_files_and_cri_binds() {
         Some(Path::new("/run/berth/sandboxes/pod1/resolv.conf"))
     );
     assert!(find("/etc/hosts").is_some() && find("/etc/hostname").is_some());
+    // /dev/shm is the pod's shared tmpfs, bound in.
+    let shm = find("/dev/shm").unwrap();
+    assert_eq!(
+        (shm.typ().as_deref(), shm.source().as_deref()),
+        (
+            Some("bind"),
+            Some(Path::new("/run/berth/sandboxes/pod1/shm"))
+        )
+    );
+    assert!(
+        shm.options()
+            .as_ref()
+            .unwrap()
+            .contains(&"noexec".to_string())
+    );
+    // Without one (a pod made before berth shared it), a tmpfs of the container's own.
+    let own = PodContext { shm: None, ..pod() };
+    let spec = build_with(&c, &image(&["/entry"], &[]), &own).unwrap();
+    let shm = spec
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.destination() == Path::new("/dev/shm"))
+        .unwrap();
+    assert_eq!(shm.typ().as_deref(), Some("tmpfs"));
     let data = find("/data").unwrap();
     assert!(data.options().as_ref().unwrap().contains(&"ro".to_string()));
 

@@ -29,6 +29,14 @@ impl NamespacePinner for PinnedNamespaces {
     fn remove(&self, path: &Path) -> Result<(), NamespaceError> {
         namespaces::remove(path)
     }
+
+    fn mount_shm(&self, path: &Path, size: u64) -> Result<(), NamespaceError> {
+        namespaces::mount_shm(path, size)
+    }
+
+    fn remove_shm(&self, path: &Path) -> Result<(), NamespaceError> {
+        namespaces::remove_shm(path)
+    }
 }
 
 /// The pod network: the first CNI configuration in the conf dir, read on every call so that a

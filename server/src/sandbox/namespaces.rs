@@ -58,6 +58,11 @@ pub enum NamespaceError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("mounting the pod's /dev/shm at {path}: {source}")]
+    Shm {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Creates a new namespace of kind `ns` pinned at `path` (which must not exist). For a UTS
@@ -134,6 +139,45 @@ pub fn remove(path: &Path) -> Result<(), NamespaceError> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+/// Mounts a tmpfs of `size` bytes at the directory `path` (created), as a pod's `/dev/shm`:
+/// world-writable with the sticky bit, no devices, no set-uid, no exec (containerd's options).
+pub fn mount_shm(path: &Path, size: u64) -> Result<(), NamespaceError> {
+    let err = |source: std::io::Error| NamespaceError::Shm {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    let data = format!("mode=1777,size={size}");
+    mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(data.as_str()),
+    )
+    .map_err(|e| {
+        let _ = std::fs::remove_dir(path);
+        err(e.into())
+    })
+}
+
+/// Unmounts and removes a pod's `/dev/shm` directory; a missing or unmounted one is fine.
+pub fn remove_shm(path: &Path) -> Result<(), NamespaceError> {
+    let err = |source: std::io::Error| NamespaceError::Remove {
+        path: path.to_path_buf(),
+        source,
+    };
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(err(e.into())),
+    }
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(e)),
     }
 }
 

@@ -46,7 +46,16 @@ pub trait NamespacePinner: Send + Sync {
     -> Result<(), NamespaceError>;
     /// Idempotent: a missing or unmounted file is fine.
     fn remove(&self, path: &Path) -> Result<(), NamespaceError>;
+    /// Mounts the pod's `/dev/shm`: a tmpfs of `size` bytes at the directory `path`, which
+    /// every container of the pod bind-mounts (POSIX shared memory is per pod, like its IPC
+    /// namespace).
+    fn mount_shm(&self, path: &Path, size: u64) -> Result<(), NamespaceError>;
+    /// Idempotent: a missing or unmounted directory is fine.
+    fn remove_shm(&self, path: &Path) -> Result<(), NamespaceError>;
 }
+
+/// The size of a pod's `/dev/shm`, containerd's default (Docker's too).
+pub const POD_SHM_SIZE: u64 = 64 << 20;
 
 /// What the network needs to know about a pod to attach or detach it.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +197,11 @@ impl SandboxDirs {
 
     pub fn ns(&self, id: &str, ns: Namespace) -> PathBuf {
         self.sandbox(id).join("ns").join(ns.name())
+    }
+
+    /// The pod's shared `/dev/shm` (a tmpfs), when the pod has its own IPC namespace.
+    pub fn shm(&self, id: &str) -> PathBuf {
+        self.sandbox(id).join("shm")
     }
 
     pub fn shim(&self, id: &str) -> PathBuf {
@@ -454,6 +468,7 @@ impl Sandboxes {
         if own.ipc {
             self.ns
                 .pin(Namespace::Ipc, &self.dirs.ns(&id, Namespace::Ipc), None)?;
+            self.ns.mount_shm(&self.dirs.shm(&id), POD_SHM_SIZE)?;
         }
         let mut ips = Vec::new();
         if own.net {
@@ -582,6 +597,7 @@ impl Sandboxes {
         for ns in [Namespace::Net, Namespace::Ipc, Namespace::Uts] {
             self.ns.remove(&self.dirs.ns(id, ns))?;
         }
+        self.ns.remove_shm(&self.dirs.shm(id))?;
         remove_dir(&self.dirs.sandbox(id))?;
         remove_dir(&self.dirs.shim(id))
     }

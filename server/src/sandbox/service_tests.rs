@@ -43,6 +43,22 @@ impl NamespacePinner for FakeNs {
         let _ = std::fs::remove_file(path);
         Ok(())
     }
+
+    /// A pod's shm counts as pinned, with its size as the "hostname".
+    fn mount_shm(&self, path: &Path, size: u64) -> Result<(), NamespaceError> {
+        std::fs::create_dir_all(path).unwrap();
+        self.pinned
+            .lock()
+            .unwrap()
+            .insert(path.to_path_buf(), Some(size.to_string()));
+        Ok(())
+    }
+
+    fn remove_shm(&self, path: &Path) -> Result<(), NamespaceError> {
+        self.pinned.lock().unwrap().remove(path);
+        let _ = std::fs::remove_dir(path);
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -284,8 +300,13 @@ fn run_makes_a_ready_pod_with_namespaces_files_network_and_shim() {
 
     let pinned = f.ns.pinned.lock().unwrap().clone();
     let sandbox = f.state().join("sandboxes").join(&id);
-    assert_eq!(pinned.len(), 3);
+    assert_eq!(pinned.len(), 4, "net, uts, ipc and shm: {pinned:?}");
     assert_eq!(pinned[&sandbox.join("ns/uts")].as_deref(), Some("web-host"));
+    let shm_size = POD_SHM_SIZE.to_string();
+    assert_eq!(
+        pinned[&sandbox.join("shm")].as_deref(),
+        Some(shm_size.as_str())
+    );
     assert_eq!(
         pod.record.netns_path,
         sandbox.join("ns/net").display().to_string()
@@ -332,8 +353,8 @@ fn host_network_pod_gets_no_network_namespace_and_no_cni() {
     assert_eq!(pod.state(), SandboxState::Ready);
     assert!(pod.record.ips.is_empty() && pod.record.netns_path.is_empty());
     let pinned: Vec<PathBuf> = f.ns.pinned.lock().unwrap().keys().cloned().collect();
-    assert_eq!(pinned.len(), 1, "IPC only: {pinned:?}");
-    assert!(pinned[0].ends_with("ns/ipc"));
+    assert_eq!(pinned.len(), 2, "IPC and its shm only: {pinned:?}");
+    assert!(pinned[0].ends_with("ns/ipc") && pinned[1].ends_with("shm"));
     assert!(f.net.attached.lock().unwrap().is_empty());
     let hosts = std::fs::read_to_string(f.state().join("sandboxes").join(&id).join("hosts"));
     assert_eq!(hosts.unwrap(), "127.0.0.1 localhost host\n");
