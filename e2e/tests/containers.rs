@@ -510,3 +510,67 @@ fn containers_of_a_pod_share_its_pid_namespace_unless_they_ask_for_their_own() -
     );
     Ok(())
 }
+
+#[test]
+fn an_image_volume_mounts_another_images_content_read_only() -> Result<()> {
+    let (berthd, _registry) = start(6)?;
+    let dir = berthd.paths().dir.clone();
+    let pod_cfg = pod_config(&dir, "imgvol")?;
+    let pod = berthd
+        .crictl_ok(&["runp", s(&pod_cfg)?])?
+        .trim()
+        .to_string();
+    let cfg = write_json(
+        &dir,
+        "imgvol.json",
+        &json!({
+            "metadata": {"name": "imgvol"},
+            "image": {"image": BUSYBOX},
+            "command": ["sleep", "1000"],
+            "mounts": [{"container_path": "/img", "image": {"image": BUSYBOX}}],
+            "log_path": "imgvol/0.log",
+            "linux": {},
+        }),
+    )?;
+    let id = create(&berthd, &pod, &cfg, &pod_cfg)?;
+    berthd.crictl_ok(&["start", &id])?;
+    let out = berthd.crictl_ok(&["exec", "-s", &id, "ls", "/img/bin/busybox"])?;
+    ensure!(out.contains("/img/bin/busybox"), "{out}");
+    let write = berthd.crictl(&["exec", "-s", &id, "touch", "/img/new"])?;
+    ensure!(!write.status.success(), "the image volume is writable");
+
+    // A missing image is refused before anything is made.
+    let missing = write_json(
+        &dir,
+        "missing.json",
+        &json!({
+            "metadata": {"name": "missing"},
+            "image": {"image": BUSYBOX},
+            "command": ["true"],
+            "mounts": [{"container_path": "/img", "image": {"image": "example.com/not/pulled:1"}}],
+            "linux": {},
+        }),
+    )?;
+    let refused = berthd.crictl(&["create", &pod, s(&missing)?, s(&pod_cfg)?])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && stderr.contains("NotFound"),
+        "{stderr}"
+    );
+
+    berthd.crictl_ok(&["rm", "-f", &id])?;
+    let state = berthd.paths().state.clone();
+    ensure!(
+        mounts_under(&state.join("containers")).is_empty(),
+        "{:?}",
+        mounts_under(&state)
+    );
+    let views: Vec<String> = std::fs::read_dir(berthd.paths().root.join("snapshots"))?
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("meta.json")).ok())
+        .filter(|meta| meta.contains("imgvol"))
+        .collect();
+    ensure!(views.is_empty(), "views left: {views:?}");
+    berthd.crictl_ok(&["rmp", "-f", &pod])?;
+    Ok(())
+}

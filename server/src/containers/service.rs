@@ -44,6 +44,19 @@ use crate::sandbox::service::{SandboxDirs, SandboxError, Sandboxes};
 
 /// kubelet's cap on each of an ExecSync's outputs.
 pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
+/// Under a container's bundle: where its image volumes are mounted, one directory per mount.
+const IMAGE_VOLUMES_DIR: &str = "image-volumes";
+
+/// The snapshot keys of the views behind a container's image volumes start with this.
+fn image_volume_prefix(id: &str) -> String {
+    format!("{id}-imgvol-")
+}
+
+/// The snapshot key of the view behind image volume `n` (the index of its CRI mount).
+fn image_volume_key(id: &str, n: usize) -> String {
+    format!("{}{n}", image_volume_prefix(id))
+}
+
 /// How long a SIGKILLed container may take to be reported exited.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -416,6 +429,7 @@ impl Containers {
                 )?,
             )
         };
+        let image_volumes = self.image_volumes(&config)?;
         let name = container_name(&meta.name, &pod.record, meta.attempt);
         let record = {
             let _g = lock(&self.records);
@@ -462,6 +476,7 @@ impl Containers {
                 &image_name,
                 &ctx,
                 top.as_deref(),
+                &image_volumes,
                 log_path.as_deref(),
                 &mut progress,
                 &facts,
@@ -535,6 +550,7 @@ impl Containers {
         image_name: &str,
         pod: &PodContext,
         top_layer: Option<&str>,
+        image_volumes: &[(usize, String)],
         log_path: Option<&Path>,
         progress: &mut Progress,
         facts: &NodeFacts,
@@ -560,6 +576,29 @@ impl Containers {
             crate::containers::volumes::prepare(&rootfs, &path, &vol).map_err(io_err(&vol))?;
             volumes.push(crate::containers::volumes::mount(&path, &vol));
         }
+        // Image volumes: a read-only view of the image's layers, mounted under the bundle and
+        // bound into the container like a host path.
+        let mut config = config.clone();
+        for (n, top) in image_volumes {
+            let target = dir.join(IMAGE_VOLUMES_DIR).join(n.to_string());
+            std::fs::create_dir_all(&target).map_err(io_err(&target))?;
+            let labels = BTreeMap::from([("berth.io/container".to_string(), id.clone())]);
+            let mounts = self
+                .snapshots
+                .view(&image_volume_key(id, *n), Some(top), labels)?;
+            self.mounts
+                .mount(&mounts, &target)
+                .map_err(|message| ContainerError::Rootfs {
+                    id: id.clone(),
+                    message,
+                })?;
+            if let Some(m) = config.mounts.get_mut(*n) {
+                m.host_path = target.display().to_string();
+                m.readonly = true;
+                m.image = None;
+            }
+        }
+        let config = &config;
         let passwd = read_in_rootfs(&rootfs, "etc/passwd");
         let group = read_in_rootfs(&rootfs, "etc/group");
         let spec = spec::build(&SpecInput {
@@ -610,6 +649,7 @@ impl Containers {
             }
         }
         let dir = self.dir(id);
+        self.remove_image_volumes(id, &dir)?;
         if progress.mounted {
             self.mounts
                 .unmount(&dir.join("rootfs"))
@@ -626,6 +666,81 @@ impl Containers {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(ContainerError::Io { path: dir, source }),
         }
+    }
+
+    /// The image volumes `config` asks for (`Mount.image`): each mount's index and the top
+    /// layer of its image, which must be present. Checked before any side effect.
+    fn image_volumes(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<Vec<(usize, String)>, ContainerError> {
+        let mut out = Vec::new();
+        for (n, m) in config.mounts.iter().enumerate() {
+            let Some(reference) = m
+                .image
+                .as_ref()
+                .map(|i| i.image.as_str())
+                .filter(|r| !r.is_empty())
+            else {
+                continue;
+            };
+            if !m.host_path.is_empty() {
+                return Err(ContainerError::InvalidConfig(format!(
+                    "mount at {}: host_path and image are exclusive",
+                    m.container_path
+                )));
+            }
+            let image = self
+                .images
+                .resolve(reference)
+                .map_err(|e| match e {
+                    ImageError::InvalidReference { .. } => {
+                        ContainerError::ImageNotFound(reference.to_string())
+                    }
+                    other => other.into(),
+                })?
+                .ok_or_else(|| ContainerError::ImageNotFound(reference.to_string()))?;
+            let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&image.config)
+                .map_err(|e| {
+                    ContainerError::InvalidConfig(format!(
+                        "image {} has an unreadable config: {e}",
+                        image.id
+                    ))
+                })?;
+            let top = chain_ids(config.rootfs().diff_ids()).pop().ok_or_else(|| {
+                ContainerError::InvalidConfig(format!(
+                    "mount at {}: image {reference} has no layers",
+                    m.container_path
+                ))
+            })?;
+            out.push((n, top));
+        }
+        Ok(out)
+    }
+
+    /// Unmounts and drops the container's image volumes (whatever a create got to).
+    fn remove_image_volumes(&self, id: &str, dir: &Path) -> Result<(), ContainerError> {
+        let volumes = dir.join(IMAGE_VOLUMES_DIR);
+        for entry in std::fs::read_dir(&volumes).into_iter().flatten().flatten() {
+            self.mounts
+                .unmount(&entry.path())
+                .map_err(|message| ContainerError::Rootfs {
+                    id: id.to_string(),
+                    message,
+                })?;
+        }
+        let prefix = image_volume_prefix(id);
+        let mut keys = Vec::new();
+        self.snapshots.walk(&mut |info| {
+            if info.key.starts_with(&prefix) {
+                keys.push(info.key.clone());
+            }
+            true
+        })?;
+        for key in keys {
+            self.snapshots.remove(&key)?;
+        }
+        Ok(())
     }
 
     /// StartContainer: the container must be Created.

@@ -623,8 +623,9 @@ fn cri_mounts(
             reason,
         };
         if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-            return Err(SpecError::Unsupported(format!(
-                "image volume mount at {}",
+            // The container service mounts image volumes and passes them as host paths.
+            return Err(err(format!(
+                "image volume at {} was not prepared",
                 m.container_path
             )));
         }
