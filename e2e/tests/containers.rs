@@ -425,7 +425,10 @@ fn an_oom_killed_container_is_reported_oomkilled() -> Result<()> {
         inspect(&berthd, &id)?
     );
     let st = inspect(&berthd, &id)?;
-    ensure!(st["status"]["reason"] == "OOMKilled", "{st}");
+    ensure!(
+        st["status"]["reason"] == "OOMKilled" && st["status"]["exitCode"] == 137,
+        "{st}"
+    );
     berthd.crictl_ok(&["rmp", "-f", &pod])?;
     Ok(())
 }

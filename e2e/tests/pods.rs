@@ -435,3 +435,42 @@ fn ten_pods_in_parallel_get_distinct_addresses_and_leave_nothing_behind() -> Res
     ensure!(veths == 0, "{veths} veths left on {bridge}");
     Ok(())
 }
+
+#[test]
+fn pod_resources_and_overhead_limit_the_pods_cgroup() -> Result<()> {
+    let (berthd, _subnet) = start(6)?;
+    let dir = berthd.paths().dir.clone();
+    let path = dir.join("limited.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&serde_json::json!({
+            "metadata": {"name": "limited", "namespace": "e2e", "uid": "uid-limited", "attempt": 1},
+            "linux": {
+                "resources": {"memory_limit_in_bytes": 256 << 20, "cpu_shares": 512},
+                "overhead": {"memory_limit_in_bytes": 32 << 20},
+            },
+        }))?,
+    )?;
+    let id = runp(&berthd, &path)?;
+    let cgroup = Path::new("/sys/fs/cgroup/memory/berth").join(&id);
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        let limit = std::fs::read_to_string(cgroup.join("memory.limit_in_bytes"))?;
+        ensure!(limit.trim() == (288u64 << 20).to_string(), "limit {limit}");
+        let shares = std::fs::read_to_string(
+            Path::new("/sys/fs/cgroup/cpu/berth")
+                .join(&id)
+                .join("cpu.shares"),
+        )?;
+        ensure!(shares.trim() == "512", "shares {shares}");
+    } else {
+        let max = std::fs::read_to_string(
+            Path::new("/sys/fs/cgroup/berth")
+                .join(&id)
+                .join("memory.max"),
+        )?;
+        ensure!(max.trim() == (288u64 << 20).to_string(), "memory.max {max}");
+    }
+    berthd.crictl_ok(&["rmp", "-f", &id])?;
+    ensure!(!cgroup.exists(), "the pod's cgroup outlived it");
+    Ok(())
+}

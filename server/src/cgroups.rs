@@ -10,7 +10,7 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use crate::sandbox::service::PodCgroups;
+use crate::sandbox::service::{PodCgroups, PodLimits};
 
 /// The cgroup (relative to each hierarchy's root) that holds every shim.
 pub const SHIM_CGROUP: &str = "berth/shims";
@@ -137,9 +137,50 @@ fn inherit_cpuset(root: &Path, rel: &str) {
 }
 
 impl PodCgroups for CgroupFs {
+    fn create(&self, pod_id: &str, limits: &PodLimits) -> Result<(), String> {
+        let rel = default_pod_cgroup(pod_id);
+        let mut files: Vec<(&str, String)> = Vec::new();
+        if let Some(m) = limits.memory_bytes {
+            files.push(("memory.limit_in_bytes", m.to_string()));
+            files.push(("memory.max", m.to_string()));
+        }
+        if let Some(s) = limits.cpu_shares {
+            files.push(("cpu.shares", s.to_string()));
+            files.push(("cpu.weight", shares_to_weight(s).to_string()));
+        }
+        if let Some((quota, period)) = limits.cpu_quota {
+            files.push(("cpu.cfs_period_us", period.to_string()));
+            files.push(("cpu.cfs_quota_us", quota.to_string()));
+            files.push(("cpu.max", format!("{quota} {period}")));
+        }
+        for root in &self.roots {
+            let dir = root.join(&rel);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating cgroup {}: {e}", dir.display()))?;
+            inherit_cpuset(root, &rel);
+            // Each hierarchy has the control files of its own controllers only.
+            for (file, value) in &files {
+                let path = dir.join(file);
+                if path.exists() {
+                    std::fs::write(&path, value)
+                        .map_err(|e| format!("writing {value} to {}: {e}", path.display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn remove(&self, pod_id: &str) -> Result<(), String> {
         CgroupFs::remove(self, &default_pod_cgroup(pod_id))
     }
+}
+
+/// cgroup v2 `cpu.weight` for v1 `cpu.shares`, as runc and the kernel docs convert them.
+fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 100;
+    }
+    1 + (shares.saturating_sub(2) * 9999) / 262_142
 }
 
 #[cfg(test)]
@@ -191,6 +232,45 @@ mod tests {
         assert!(!v2.join("berth/shims/tasks").exists());
         assert_eq!(read(v2.join("berth/shims/cgroup.procs")), "22");
         assert!(!v1.join("berth/shims/cgroup.procs").exists());
+    }
+
+    #[test]
+    fn pod_limits_go_to_the_files_each_hierarchy_has() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mem, cpu) = (tmp.path().join("memory"), tmp.path().join("cpu"));
+        // The kernel makes a controller's files in each new cgroup; the test makes them first.
+        for (root, files) in [
+            (&mem, &["memory.limit_in_bytes"][..]),
+            (
+                &cpu,
+                &["cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us"][..],
+            ),
+        ] {
+            std::fs::create_dir_all(root.join("berth/pod1")).unwrap();
+            for f in files {
+                std::fs::write(root.join("berth/pod1").join(f), "").unwrap();
+            }
+        }
+        let fs = CgroupFs {
+            roots: vec![mem.clone(), cpu.clone()],
+            unified: Vec::new(),
+        };
+        let limits = PodLimits {
+            memory_bytes: Some(1 << 30),
+            cpu_shares: Some(1024),
+            cpu_quota: Some((50_000, 100_000)),
+        };
+        PodCgroups::create(&fs, "pod1", &limits).unwrap();
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+        assert_eq!(
+            read(mem.join("berth/pod1/memory.limit_in_bytes")),
+            "1073741824"
+        );
+        assert_eq!(read(cpu.join("berth/pod1/cpu.shares")), "1024");
+        assert_eq!(read(cpu.join("berth/pod1/cpu.cfs_quota_us")), "50000");
+        assert!(!mem.join("berth/pod1/cpu.shares").exists());
+        assert!(!mem.join("berth/pod1/memory.max").exists());
+        assert_eq!(shares_to_weight(1024), 39);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::config::RegistryConfig;
 use crate::containers::tasks::{TaskState, WaitFuture};
 use crate::sandbox::namespaces::NamespaceError;
 use crate::sandbox::service::{
-    NamespacePinner, NetworkAttachment, NetworkError, PodCgroups, PodNetwork, ShimError,
+    NamespacePinner, NetworkAttachment, NetworkError, PodCgroups, PodLimits, PodNetwork, ShimError,
     ShimLauncher, ShimProcess,
 };
 
@@ -45,6 +45,9 @@ impl PodNetwork for NoNet {
 }
 struct NoCgroups;
 impl PodCgroups for NoCgroups {
+    fn create(&self, _: &str, _: &PodLimits) -> Result<(), String> {
+        Ok(())
+    }
     fn remove(&self, _: &str) -> Result<(), String> {
         Ok(())
     }

@@ -117,8 +117,55 @@ pub enum ShimError {
 /// The pod's own cgroup: the parent of its containers' cgroups when kubelet names none. The
 /// OCI runtime creates it with the first container; it goes with the pod.
 pub trait PodCgroups: Send + Sync {
+    /// Creates the pod's default cgroup with these limits (kubelet's pod resources plus the
+    /// runtime class overhead), so that they bound the sum of its containers.
+    fn create(&self, pod_id: &str, limits: &PodLimits) -> Result<(), String>;
     /// Removes the pod's default cgroup; one that does not exist is fine.
     fn remove(&self, pod_id: &str) -> Result<(), String>;
+}
+
+/// Limits of a pod's own cgroup; `None`: not limited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodLimits {
+    pub memory_bytes: Option<u64>,
+    pub cpu_shares: Option<u64>,
+    /// CFS quota and period in microseconds.
+    pub cpu_quota: Option<(i64, u64)>,
+}
+
+impl PodLimits {
+    /// The pod's resources plus its overhead, as the CRI gives them (0 means unset). A part
+    /// the resources leave unlimited stays unlimited, overhead or not.
+    pub fn of(config: &PodSandboxConfig) -> PodLimits {
+        let linux = config.linux.as_ref();
+        let (Some(r), overhead) = (
+            linux.and_then(|l| l.resources.as_ref()),
+            linux.and_then(|l| l.overhead.as_ref()),
+        ) else {
+            return PodLimits::default();
+        };
+        let extra = |f: fn(&berth_proto::cri::LinuxContainerResources) -> i64| {
+            overhead.map(f).filter(|v| *v > 0).unwrap_or(0)
+        };
+        let sum = |v: i64, add: i64| u64::try_from(v.saturating_add(add)).ok();
+        let period = u64::try_from(r.cpu_period)
+            .ok()
+            .filter(|p| *p > 0)
+            .unwrap_or(100_000);
+        PodLimits {
+            memory_bytes: (r.memory_limit_in_bytes > 0)
+                .then(|| sum(r.memory_limit_in_bytes, extra(|o| o.memory_limit_in_bytes)))
+                .flatten(),
+            cpu_shares: (r.cpu_shares > 0)
+                .then(|| sum(r.cpu_shares, extra(|o| o.cpu_shares)))
+                .flatten(),
+            cpu_quota: (r.cpu_quota > 0).then(|| (r.cpu_quota + extra(|o| o.cpu_quota), period)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == PodLimits::default()
+    }
 }
 
 /// Starts, reconnects to and stops per-pod shims (`berth-shim`).
@@ -469,6 +516,18 @@ impl Sandboxes {
             self.ns
                 .pin(Namespace::Ipc, &self.dirs.ns(&id, Namespace::Ipc), None)?;
             self.ns.mount_shm(&self.dirs.shm(&id), POD_SHM_SIZE)?;
+        }
+        // Pod-level limits go on the pod's own cgroup; under a cgroup parent kubelet names,
+        // kubelet sets them itself.
+        let limits = PodLimits::of(config);
+        let parent_given = config
+            .linux
+            .as_ref()
+            .is_some_and(|l| !l.cgroup_parent.is_empty());
+        if !limits.is_empty() && !parent_given {
+            self.cgroups
+                .create(&id, &limits)
+                .map_err(SandboxError::Cgroup)?;
         }
         let mut ips = Vec::new();
         if own.net {

@@ -146,11 +146,20 @@ impl ShimLauncher for FakeShims {
 /// Records the pod cgroups removed; pods in `busy` still hold processes.
 #[derive(Default)]
 struct FakeCgroups {
+    created: Mutex<Vec<(String, PodLimits)>>,
     removed: Mutex<Vec<String>>,
     busy: Mutex<BTreeSet<String>>,
 }
 
 impl PodCgroups for FakeCgroups {
+    fn create(&self, pod_id: &str, limits: &PodLimits) -> Result<(), String> {
+        self.created
+            .lock()
+            .unwrap()
+            .push((pod_id.to_string(), *limits));
+        Ok(())
+    }
+
     fn remove(&self, pod_id: &str) -> Result<(), String> {
         if self.busy.lock().unwrap().contains(pod_id) {
             return Err(format!("removing cgroup berth/{pod_id}: busy"));
@@ -468,6 +477,49 @@ fn remove_of_a_ready_pod_stops_it_first() {
     f.svc.remove(&id).unwrap();
     f.assert_nothing_left();
     assert_eq!(*f.cgroups.removed.lock().unwrap(), [id]);
+}
+
+#[test]
+fn pod_resources_and_overhead_limit_the_pods_own_cgroup() {
+    use berth_proto::cri::LinuxContainerResources;
+    let f = fixture();
+    let mut c = config("limited");
+    c.linux = Some(LinuxPodSandboxConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 256 << 20,
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        }),
+        overhead: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            cpu_shares: 10,
+            cpu_quota: 5_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = f.svc.run(c.clone(), "").unwrap();
+    let created = f.cgroups.created.lock().unwrap().clone();
+    assert_eq!(
+        created,
+        [(
+            id,
+            PodLimits {
+                memory_bytes: Some(288 << 20),
+                cpu_shares: Some(522),
+                cpu_quota: Some((55_000, 100_000)),
+            }
+        )]
+    );
+    // Under kubelet's cgroup parent kubelet sets them; without resources nothing is made.
+    let mut kubelet = c;
+    kubelet.metadata.as_mut().unwrap().name = "kubelet".into();
+    kubelet.linux.as_mut().unwrap().cgroup_parent = "/kubepods/podX".into();
+    f.svc.run(kubelet, "").unwrap();
+    f.svc.run(config("plain"), "").unwrap();
+    assert_eq!(f.cgroups.created.lock().unwrap().len(), 1);
 }
 
 #[test]
