@@ -474,3 +474,56 @@ fn pod_resources_and_overhead_limit_the_pods_cgroup() -> Result<()> {
     ensure!(!cgroup.exists(), "the pod's cgroup outlived it");
     Ok(())
 }
+
+#[test]
+fn bandwidth_annotations_shape_the_pods_traffic_through_the_bandwidth_plugin() -> Result<()> {
+    let (berthd, _subnet) = start(7)?;
+    let dir = berthd.paths().dir.clone();
+    // Debian's bandwidth plugin at the end of the chain, as kubelet users configure it.
+    let conf = berthd.paths().cni_conf_dir.join("10-berth-e2e.conflist");
+    let mut conflist: Value = serde_json::from_slice(&std::fs::read(&conf)?)?;
+    conflist["plugins"]
+        .as_array_mut()
+        .context("plugins")?
+        .push(json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
+    std::fs::write(&conf, serde_json::to_vec(&conflist)?)?;
+
+    let path = dir.join("shaped.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&json!({
+            "metadata": {"name": "shaped", "namespace": "e2e", "uid": "uid-shaped", "attempt": 1},
+            "annotations": {"kubernetes.io/ingress-bandwidth": "10M"},
+            "linux": {},
+        }))?,
+    )?;
+    let id = runp(&berthd, &path)?;
+    let tbf = || -> Result<bool> {
+        let out = std::process::Command::new("tc")
+            .args(["qdisc", "show"])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains("tbf") && l.contains("rate 10Mbit")))
+    };
+    ensure!(tbf()?, "no 10 Mbit/s token bucket on the pod's veth");
+    berthd.crictl_ok(&["rmp", "-f", &id])?;
+    ensure!(!tbf()?, "the shaping outlived the pod");
+
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        serde_json::to_vec(&json!({
+            "metadata": {"name": "bad", "namespace": "e2e", "uid": "uid-bad", "attempt": 1},
+            "annotations": {"kubernetes.io/ingress-bandwidth": "fast"},
+            "linux": {},
+        }))?,
+    )?;
+    let out = berthd.crictl(&["runp", bad.to_str().context("path")?])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("InvalidArgument") && stderr.contains("fast"),
+        "{stderr}"
+    );
+    Ok(())
+}

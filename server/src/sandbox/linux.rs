@@ -75,6 +75,10 @@ impl CniNetwork {
         if let Some(dns) = &pod.dns {
             rt.capability_args.insert("dns".into(), dns.clone());
         }
+        if let Some(bandwidth) = &pod.bandwidth {
+            rt.capability_args
+                .insert("bandwidth".into(), bandwidth.clone());
+        }
         rt
     }
 

@@ -69,6 +69,69 @@ pub struct NetworkAttachment {
     pub port_mappings: Vec<serde_json::Value>,
     /// CNI `dns` capability argument, when the pod has a DNS config.
     pub dns: Option<serde_json::Value>,
+    /// CNI `bandwidth` capability argument, from the pod's bandwidth annotations.
+    pub bandwidth: Option<serde_json::Value>,
+}
+
+/// kubelet's pod annotations for traffic shaping, in bits per second.
+const INGRESS_BANDWIDTH: &str = "kubernetes.io/ingress-bandwidth";
+const EGRESS_BANDWIDTH: &str = "kubernetes.io/egress-bandwidth";
+
+/// The CNI `bandwidth` capability argument for a pod's bandwidth annotations, as containerd
+/// builds it: the rates from the annotations (Kubernetes quantities, bits per second) and no
+/// limit on the bursts. `None` without either annotation.
+pub fn bandwidth(
+    annotations: &std::collections::HashMap<String, String>,
+) -> Result<Option<serde_json::Value>, SandboxError> {
+    let rate = |key: &str| -> Result<Option<u64>, SandboxError> {
+        annotations
+            .get(key)
+            .map(|v| {
+                parse_quantity(v).ok_or_else(|| {
+                    SandboxError::InvalidConfig(format!(
+                        "annotation {key}: {v:?} is not a bit rate (e.g. 10M, 1Gi)"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let (ingress, egress) = (rate(INGRESS_BANDWIDTH)?, rate(EGRESS_BANDWIDTH)?);
+    if ingress.is_none() && egress.is_none() {
+        return Ok(None);
+    }
+    let mut b = serde_json::Map::new();
+    if let Some(r) = ingress {
+        b.insert("ingressRate".into(), r.into());
+        b.insert("ingressBurst".into(), u64::from(u32::MAX).into());
+    }
+    if let Some(r) = egress {
+        b.insert("egressRate".into(), r.into());
+        b.insert("egressBurst".into(), u64::from(u32::MAX).into());
+    }
+    Ok(Some(serde_json::Value::Object(b)))
+}
+
+/// A whole-number Kubernetes quantity (`10M`, `512Ki`, `1e6`-free forms), or `None`.
+fn parse_quantity(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|v| *v > 0)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -419,6 +482,7 @@ impl Sandboxes {
             })?
             .clone();
         let own = own_namespaces(&config);
+        bandwidth(&config.annotations)?;
         if let Some(linux) = &config.linux {
             crate::containers::spec::check_sysctls(&linux.sysctls, !own.net, !own.ipc)
                 .map_err(|e| SandboxError::InvalidConfig(e.to_string()))?;
@@ -619,6 +683,8 @@ impl Sandboxes {
             uid: record.uid.clone(),
             port_mappings,
             dns,
+            // Checked when the pod was run.
+            bandwidth: bandwidth(&config.annotations).ok().flatten(),
         }
     }
 

@@ -638,3 +638,36 @@ fn a_failed_rollback_keeps_the_record_for_the_next_start_to_finish() {
     svc.recover().unwrap();
     f.assert_nothing_left();
 }
+
+#[test]
+fn bandwidth_annotations_become_the_cni_bandwidth_argument() {
+    let f = fixture();
+    let mut c = config("shaped");
+    c.annotations.insert(INGRESS_BANDWIDTH.into(), "10M".into());
+    c.annotations.insert(EGRESS_BANDWIDTH.into(), "1Mi".into());
+    let id = f.svc.run(c, "").unwrap();
+    let attached = f.net.attached.lock().unwrap()[&id].clone();
+    assert_eq!(
+        attached.bandwidth,
+        Some(serde_json::json!({
+            "ingressRate": 10_000_000u64, "ingressBurst": 4_294_967_295u64,
+            "egressRate": 1_048_576u64, "egressBurst": 4_294_967_295u64,
+        }))
+    );
+    let plain = f.svc.run(config("plain"), "").unwrap();
+    assert_eq!(f.net.attached.lock().unwrap()[&plain].bandwidth, None);
+
+    let mut bad = config("bad");
+    bad.annotations
+        .insert(INGRESS_BANDWIDTH.into(), "fast".into());
+    let err = f.svc.run(bad, "").unwrap_err();
+    assert!(
+        matches!(&err, SandboxError::InvalidConfig(m) if m.contains(INGRESS_BANDWIDTH) && m.contains("fast")),
+        "{err}"
+    );
+    assert_eq!(
+        f.net.attached.lock().unwrap().len(),
+        2,
+        "nothing made for the bad one"
+    );
+}
