@@ -17,6 +17,7 @@
 pub mod containerd;
 pub mod daemon;
 pub mod distribution;
+pub mod fixtures;
 pub mod image;
 pub mod registry;
 pub mod testimages;

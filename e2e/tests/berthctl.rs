@@ -3,12 +3,13 @@
 //! JSON, checked against /proc. Runs as root; needs berthd, berth-shim and berthctl side by
 //! side in the cargo target dir (or BERTHD_BIN / BERTHCTL_BIN) and the pinned crictl.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
+use berth_e2e::fixtures::{path_str as s, wait_for, write_json};
 use berth_e2e::registry::Registry;
 use berth_e2e::testimages::push_critest_images;
 use berth_e2e::tools;
@@ -32,16 +33,6 @@ fn start() -> Result<(Berthd, Registry)> {
     )?;
     berthd.crictl_ok(&["pull", BUSYBOX])?;
     Ok((berthd, registry))
-}
-
-fn write_json(dir: &Path, name: &str, v: &Value) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, serde_json::to_vec(v)?)?;
-    Ok(path)
-}
-
-fn s(p: &Path) -> Result<&str> {
-    p.to_str().context("utf-8 path")
 }
 
 /// berthctl on `socket`, with stdin closed.
@@ -102,17 +93,6 @@ fn spawn_wait(berthd: &Berthd, id: &str) -> Result<Child> {
         .stderr(Stdio::piped())
         .spawn()
         .context("run berthctl tasks wait")
-}
-
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
 }
 
 fn proc_exists(pid: u64) -> bool {

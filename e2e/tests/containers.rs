@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
+use berth_e2e::fixtures::{mounts_under, path_str as s, wait_for, write_json};
 use berth_e2e::registry::Registry;
 use berth_e2e::testimages::push_critest_images;
 use serde_json::{Value, json};
@@ -28,12 +29,6 @@ fn start(test: u8) -> Result<(Berthd, Registry)> {
     )?;
     berthd.crictl_ok(&["pull", BUSYBOX])?;
     Ok((berthd, registry))
-}
-
-fn write_json(dir: &Path, name: &str, v: &Value) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, serde_json::to_vec(v)?)?;
-    Ok(path)
 }
 
 fn pod_config(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -66,10 +61,6 @@ fn container_config(dir: &Path, name: &str, args: &[&str]) -> Result<PathBuf> {
     )
 }
 
-fn s(p: &Path) -> Result<&str> {
-    p.to_str().context("utf-8 path")
-}
-
 fn create(berthd: &Berthd, pod: &str, ctr: &Path, pod_cfg: &Path) -> Result<String> {
     Ok(berthd
         .crictl_ok(&["create", pod, s(ctr)?, s(pod_cfg)?])?
@@ -80,27 +71,6 @@ fn create(berthd: &Berthd, pod: &str, ctr: &Path, pod_cfg: &Path) -> Result<Stri
 fn inspect(berthd: &Berthd, id: &str) -> Result<Value> {
     let out = berthd.crictl_ok(&["inspect", "-o", "json", id])?;
     serde_json::from_str(&out).with_context(|| format!("crictl inspect printed {out}"))
-}
-
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let d = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d)))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use berth_e2e::containerd::Containerd;
 use berth_e2e::daemon::{Berthd, BerthdOptions, ForwardGuard, berthd_binary};
+use berth_e2e::fixtures::{path_str as s, write_json};
 use berth_e2e::registry::Registry;
 use berth_e2e::testimages::push_critest_images;
 use berth_e2e::tools;
@@ -41,16 +42,6 @@ fn network(test: u8) -> (String, String) {
 
 fn in_subnet(ip: &str, subnet: &str) -> bool {
     ip.starts_with(subnet.trim_end_matches("0/24"))
-}
-
-fn write_json(dir: &Path, name: &str, v: &Value) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, serde_json::to_vec(v)?)?;
-    Ok(path)
-}
-
-fn s(p: &Path) -> Result<&str> {
-    p.to_str().context("utf-8 path")
 }
 
 fn pod_config(dir: &Path, name: &str, ports: Value) -> Result<PathBuf> {

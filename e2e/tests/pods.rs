@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use berth_e2e::daemon::{Berthd, BerthdOptions};
+use berth_e2e::fixtures::wait_for;
 use serde_json::{Value, json};
 
 /// A bridge name and a 10.x /24 of this test run, so that runs and tests never collide.
@@ -77,17 +78,6 @@ fn shim_running(pid: u64) -> bool {
             .unwrap_or_default()
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-}
-
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
 }
 
 fn in_subnet(ip: &str, subnet: &str) -> bool {

@@ -7,10 +7,11 @@
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use berth_e2e::daemon::{Berthd, BerthdOptions, DEBIAN_CNI_BIN_DIR, berthd_binary};
+use berth_e2e::fixtures::{mounts_under, path_str as s, wait_for, write_json};
 use berth_e2e::registry::Registry;
 use berth_e2e::testimages::push_critest_images;
 use nix::sys::signal::{Signal, kill};
@@ -39,12 +40,6 @@ fn start(test: u8, options: BerthdOptions) -> Result<(Berthd, Registry)> {
     )?;
     berthd.crictl_ok(&["pull", BUSYBOX])?;
     Ok((berthd, registry))
-}
-
-fn write_json(dir: &Path, name: &str, v: &Value) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, serde_json::to_vec(v)?)?;
-    Ok(path)
 }
 
 fn pod_config(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -84,10 +79,6 @@ fn container_config(
     )
 }
 
-fn s(p: &Path) -> Result<&str> {
-    p.to_str().context("utf-8 path")
-}
-
 fn runp(berthd: &Berthd, cfg: &Path, handler: Option<&str>) -> Result<String> {
     let mut args = vec!["runp"];
     if let Some(h) = handler {
@@ -119,17 +110,6 @@ fn inspectp(berthd: &Berthd, id: &str) -> Result<Value> {
 fn list(berthd: &Berthd, what: &str, key: &str) -> Result<Vec<Value>> {
     let v = berthd.crictl_json(&[what, "-o", "json"])?;
     Ok(v[key].as_array().cloned().unwrap_or_default())
-}
-
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
 }
 
 /// Nanoseconds since the epoch of a UTC RFC 3339 time as crictl prints it
@@ -174,18 +154,6 @@ fn alive(pid: u64) -> bool {
 fn sigkill(pid: u64) -> Result<()> {
     kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?;
     Ok(())
-}
-
-/// Mount points (mountinfo field 5) at or under `dir`.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let d = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&d))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Pids of processes whose command line mentions `needle` (shims name their state dir).

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
+use berth_e2e::fixtures::{path_str as s, write_json};
 use berth_e2e::image::{Compression, Image, ImageConfig, LayerBuilder, Meta, Platform};
 use berth_e2e::registry::Registry;
 use berth_e2e::testimages::{self, Content, catalog, push_critest_images};
@@ -33,16 +34,6 @@ fn start(test: u8) -> Result<(Berthd, Registry)> {
     )?;
     berthd.crictl_ok(&["pull", BUSYBOX])?;
     Ok((berthd, registry))
-}
-
-fn write_json(dir: &Path, name: &str, v: &Value) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, serde_json::to_vec(v)?)?;
-    Ok(path)
-}
-
-fn s(p: &Path) -> Result<&str> {
-    p.to_str().context("utf-8 path")
 }
 
 fn pod(berthd: &Berthd, name: &str, linux: Value) -> Result<(String, PathBuf)> {
