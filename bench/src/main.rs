@@ -15,7 +15,8 @@
 //! `exec -s` (ExecSync) of `true` in that container, and of `stopp` + `rmp`, with Debian's
 //! bridge CNI chain, medians of `--runs` pods; then the memory a pod costs: the PSS of every
 //! process the runtime keeps per pod (shims, sandbox holders) with `--pods` pods running
-//! (default 50), divided by their number.
+//! (default 50), divided by their number. With `--berth-bridge`, berth runs on its own default
+//! network (berth-bridge) while containerd keeps Debian's chain.
 //!
 //! `recovery` (berth only): `--pods` pods (default 100) with a running container each, kill -9
 //! of berthd, and the time until the restarted berthd answers with every container still
@@ -41,7 +42,7 @@ use berth_e2e::tools;
 /// Uncompressed sizes of the benchmark image's layers, largest first, in MiB (200 in all).
 const LAYER_MIB: [usize; 5] = [80, 50, 40, 20, 10];
 
-const USAGE: &str = "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N] | recovery [--runs N] [--pods N] | net [--runs N]";
+const USAGE: &str = "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N] [--berth-bridge] | recovery [--runs N] [--pods N] | net [--runs N]";
 
 /// The container the benchmarks run: critest's busybox, served by the local registry.
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -50,6 +51,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut runs = 5usize;
     let mut pods = None;
+    let mut berth_bridge = false;
     let mut what = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -61,6 +63,9 @@ fn main() -> Result<()> {
                     .parse()
                     .context("--runs needs a number")?;
             }
+            // berth on its own default network (berth-bridge) rather than on Debian's chain;
+            // containerd keeps Debian's chain, its usual setup.
+            "--berth-bridge" => berth_bridge = true,
             "--pods" => {
                 pods = Some(
                     it.next()
@@ -78,7 +83,7 @@ fn main() -> Result<()> {
     }
     match what {
         Some("pull") => bench_pull(runs.max(1)),
-        Some("pods") => bench_pods(runs.max(1), pods.unwrap_or(50).max(1)),
+        Some("pods") => bench_pods(runs.max(1), pods.unwrap_or(50).max(1), berth_bridge),
         Some("recovery") => bench_recovery(runs.max(1), pods.unwrap_or(100).max(1)),
         Some("net") => net::bench_net(runs.max(1)),
         _ => bail!("{USAGE}"),
@@ -323,7 +328,7 @@ fn remove_pod(rt: &dyn Runtime, id: &str) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn bench_pods(runs: usize, pods: usize) -> Result<()> {
+fn bench_pods(runs: usize, pods: usize, berth_bridge: bool) -> Result<()> {
     let crictl = tools::crictl()?;
     let registry = Registry::start()?;
     push_critest_images(&registry)?;
@@ -332,14 +337,16 @@ fn bench_pods(runs: usize, pods: usize) -> Result<()> {
         .prefix("berth-bench-pods-")
         .tempdir()?;
 
-    let berthd = Berthd::start(
-        BerthdOptions::default()
-            .mirror_critest_registries(&registry)
-            .bridge_network(
-                &format!("bbb{}", pid % 100_000),
-                &format!("10.218.{}.0/24", pid % 250),
-            ),
-    )?;
+    let (bridge, subnet) = (
+        format!("bbb{}", pid % 100_000),
+        format!("10.218.{}.0/24", pid % 250),
+    );
+    let options = BerthdOptions::default().mirror_critest_registries(&registry);
+    let berthd = Berthd::start(if berth_bridge {
+        options.default_network(&bridge, &subnet)
+    } else {
+        options.bridge_network(&bridge, &subnet)
+    })?;
     let ctrd_bridge = format!("bbc{}", pid % 100_000);
     let ctrd_subnet = format!("10.219.{}.0/24", pid % 250);
     let _guard = ForwardGuard::install(&ctrd_bridge, &ctrd_subnet)?;
@@ -415,9 +422,12 @@ fn bench_pods(runs: usize, pods: usize) -> Result<()> {
             .collect()
     });
     let (b_both, c_both) = (median(both[0].clone()), median(both[1].clone()));
-    println!(
-        "pods and containers, Debian bridge+host-local+portmap, medians of {runs}; crictl start-up included"
-    );
+    let network = if berth_bridge {
+        "berth on berth-bridge, containerd on Debian bridge+host-local+portmap"
+    } else {
+        "both on Debian bridge+host-local+portmap"
+    };
+    println!("pods and containers, {network}, medians of {runs}; crictl start-up included");
     let row = |what: &str, b: Duration, c: Duration| {
         println!(
             "{what:<28} berth {:7.1} ms   containerd {:7.1} ms   ratio {:.2}",
