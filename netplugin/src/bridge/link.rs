@@ -574,6 +574,43 @@ mod tests {
     }
 
     #[test]
+    fn veth_request_enslaves_the_host_end_and_creates_the_peer_in_the_pod_netns() {
+        let spec = VethSpec {
+            bridge: "br0".into(),
+            host_name: "vethhost".into(),
+            netns: PathBuf::from("/run/netns/p"),
+            if_name: "eth0".into(),
+            mtu: Some(1400),
+            hairpin: false,
+            alias: "berth:n:c/eth0".into(),
+            addresses: Vec::new(),
+            gateways: Vec::new(),
+        };
+        let msg = veth_message(&spec, 42, 9);
+        let attrs = &msg.attributes;
+        assert!(attrs.contains(&LinkAttribute::IfName("vethhost".into())));
+        assert!(attrs.contains(&LinkAttribute::Controller(42)));
+        assert!(attrs.contains(&LinkAttribute::Mtu(1400)));
+        let peer = attrs
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                    LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .unwrap();
+        assert!(
+            peer.attributes
+                .contains(&LinkAttribute::IfName("eth0".into()))
+        );
+        assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(9)));
+        assert!(peer.attributes.contains(&LinkAttribute::Mtu(1400)));
+        assert!(is_veth(&msg));
+    }
+
+    #[test]
     fn default_gateway_only_from_default_routes_through_the_interface() {
         let gw: Ipv4Addr = "10.1.0.1".parse().unwrap();
         let route = default_route(IpAddr::V4(gw), 7);
