@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use berth_netplugin::bridge::link::IpLinks;
+use berth_netplugin::bridge::link::NetlinkLinks;
 use berth_netplugin::bridge::nat::Nft;
 use berth_netplugin::bridge::{CniEnv, Plugin, PluginError, code, latest_version};
 
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         );
     }
     let plugin = Plugin {
-        links: IpLinks,
+        links: NetlinkLinks,
         nat: Nft,
     };
     match plugin.run(&env, &stdin) {

@@ -1,29 +1,44 @@
 //! The links berth-bridge manages (bridge, veth pairs, addresses, routes) behind the [`Links`]
-//! trait. [`IpLinks`] drives iproute2's `ip` in batch mode: one process per step group, host
-//! side from the plugin's own thread, pod side from a thread that entered the pod's network
-//! namespace with `setns` (a child process inherits the namespaces of the thread that spawns it).
+//! trait. [`NetlinkLinks`] speaks rtnetlink directly, with no helper process.
+//!
+//! A netlink socket acts in the network namespace of the thread that opened it, so every group
+//! of requests runs on a thread of its own: host side on a thread spawned from the caller (it
+//! starts in the caller's namespace), pod side on a thread that entered the pod's namespace with
+//! `setns` and ends with its work, so that no pooled thread is ever left in a pod's namespace.
+//! Each such thread drives rtnetlink's async API with a current-thread tokio runtime, which keeps
+//! the trait synchronous and the caller free to be inside or outside a runtime.
 
-use std::io::Write;
-use std::net::IpAddr;
-use std::os::fd::AsFd;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use serde_json::Value;
+use futures_util::TryStreamExt;
+use nix::errno::Errno;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressScope};
+use rtnetlink::packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use crate::bridge::ipam::IpNet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("{what}: {message}")]
-    Command { what: String, message: String },
+    /// A request the kernel refused, or a reply that could not be read; `source` carries the
+    /// errno when there is one.
+    #[error("{what}: {source}")]
+    Netlink { what: String, source: io::Error },
     #[error("network namespace {path}: {source}")]
-    Netns {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("running ip: {0}")]
-    Exec(#[source] std::io::Error),
+    Netns { path: PathBuf, source: io::Error },
+    #[error("netlink socket: {0}")]
+    Socket(#[source] io::Error),
 }
 
 /// What ADD asks for on the link side.
@@ -82,67 +97,76 @@ pub trait Links {
     fn host_links_with_alias(&self, prefix: &str) -> Result<Vec<(String, String)>, LinkError>;
 }
 
-/// [`Links`] through iproute2's `ip`.
+/// [`Links`] through rtnetlink.
 #[derive(Debug, Clone, Default)]
-pub struct IpLinks;
+pub struct NetlinkLinks;
 
-fn ip_batch(what: &str, json: bool, lines: &[String]) -> Result<String, LinkError> {
-    ip_batch_family(what, json, None, lines)
-}
-
-/// `ip` in batch mode; `family` (`"-6"`) selects what `route show` lists.
-fn ip_batch_family(
-    what: &str,
-    json: bool,
-    family: Option<&str>,
-    lines: &[String],
-) -> Result<String, LinkError> {
-    let mut cmd = Command::new("ip");
-    if json {
-        cmd.arg("-j");
-    }
-    cmd.args(family);
-    let mut child = cmd
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(LinkError::Exec)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(lines.join("\n").as_bytes())
-            .map_err(LinkError::Exec)?;
-    }
-    let out = child.wait_with_output().map_err(LinkError::Exec)?;
-    if !out.status.success() {
-        return Err(LinkError::Command {
-            what: what.to_string(),
-            message: format!(
-                "ip -batch failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs `f` on a thread that has entered the network namespace at `path`.
-fn in_netns<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Result<R, LinkError> {
-    let netns_err = |source| LinkError::Netns {
-        path: path.to_path_buf(),
-        source,
+fn netlink_err(what: &str, e: rtnetlink::Error) -> LinkError {
+    let source = match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => io::Error::other(other.to_string()),
     };
-    let file = std::fs::File::open(path).map_err(netns_err)?;
+    LinkError::Netlink {
+        what: what.to_string(),
+        source,
+    }
+}
+
+fn missing(what: &str) -> LinkError {
+    LinkError::Netlink {
+        what: what.to_string(),
+        source: io::Error::from_raw_os_error(Errno::ENODEV as i32),
+    }
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: Errno) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == errno as i32)
+}
+
+/// Runs `f` with a netlink handle opened on a fresh thread, in the network namespace at `netns`
+/// when one is given, else in the caller's.
+fn run<R, F, Fut>(netns: Option<&Path>, f: F) -> Result<R, LinkError>
+where
+    R: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: Future<Output = Result<R, LinkError>>,
+{
+    let netns = netns
+        .map(|path| {
+            std::fs::File::open(path)
+                .map(|file| (path, file))
+                .map_err(|source| LinkError::Netns {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        })
+        .transpose()?;
     std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| netns_err(e.into()))?;
-            Ok(f())
+        s.spawn(move || {
+            if let Some((path, file)) = &netns {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |e| LinkError::Netns {
+                        path: path.to_path_buf(),
+                        source: e.into(),
+                    },
+                )?;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .map_err(LinkError::Socket)?;
+            rt.block_on(async move {
+                let (conn, handle, _) = rtnetlink::new_connection().map_err(LinkError::Socket)?;
+                tokio::spawn(conn);
+                f(handle).await
+            })
         })
         .join()
-        .unwrap_or_else(|_| Err(netns_err(std::io::Error::other("netns thread panicked"))))
+        .unwrap_or_else(|_| {
+            Err(LinkError::Socket(io::Error::other(
+                "netlink thread panicked",
+            )))
+        })
     })
 }
 
@@ -150,49 +174,161 @@ fn in_netns<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> Result<R, Lin
 /// whatever plugin chain it runs (containerd and CRI-O do the same).
 pub fn loopback_up(netns: &Path) -> Result<(), LinkError> {
     let what = format!("lo in {}", netns.display());
-    in_netns(netns, || {
-        ip_batch(&what, false, &["link set dev lo up".to_string()])
-    })?
-    .map(|_| ())
+    run(Some(netns), |h| async move {
+        h.link()
+            .set(LinkUnspec::new_with_name("lo").up().build())
+            .execute()
+            .await
+            .map_err(|e| netlink_err(&what, e))
+    })
 }
 
-fn not_found(e: &LinkError) -> bool {
-    matches!(e, LinkError::Command { message, .. }
-        if message.contains("does not exist") || message.contains("Cannot find device"))
+async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    match h.link().get().match_name(name).execute().try_next().await {
+        Err(e) if is_errno(&e, Errno::ENODEV) => Ok(None),
+        r => r,
+    }
 }
 
-/// The objects of `ip -j ... show` output printed by a batch (one JSON array per command).
-fn json_objects(out: &str) -> Vec<Value> {
-    serde_json::Deserializer::from_str(out)
-        .into_iter::<Value>()
-        .flatten()
-        .flat_map(|v| match v {
-            Value::Array(a) => a,
-            other => vec![other],
-        })
-        .collect()
+async fn link_by_index(h: &Handle, index: u32) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    match h.link().get().match_index(index).execute().try_next().await {
+        Err(e) if is_errno(&e, Errno::ENODEV) => Ok(None),
+        r => r,
+    }
 }
 
-fn mac_of(out: &str, name: &str) -> String {
-    json_objects(out)
+async fn del_link_by_name(h: &Handle, name: &str) -> Result<(), rtnetlink::Error> {
+    match h
+        .link()
+        .del_with_message(LinkUnspec::new_with_name(name).build())
+        .execute()
+        .await
+    {
+        Err(e) if is_errno(&e, Errno::ENODEV) => Ok(()),
+        r => r,
+    }
+}
+
+async fn set_up(h: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+}
+
+/// Adds (or, with `replace`, keeps) `addr/prefix` on the link. IPv6 addresses skip duplicate
+/// address detection: the allocator already made them unique, and a tentative address would not
+/// be usable for the first second or two of the pod.
+async fn add_address(
+    h: &Handle,
+    index: u32,
+    addr: IpAddr,
+    prefix: u8,
+    replace: bool,
+) -> Result<(), rtnetlink::Error> {
+    let mut req = h.address().add(index, addr, prefix);
+    if addr.is_ipv6() {
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    if replace {
+        req = req.replace();
+    }
+    req.execute().await
+}
+
+fn default_route(gateway: IpAddr, index: u32) -> RouteMessage {
+    match gateway {
+        IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gw)
+            .output_interface(index)
+            .build(),
+        IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gw)
+            .output_interface(index)
+            .build(),
+    }
+}
+
+/// The veth pair, its pod end created directly in the pod's namespace under its final name:
+/// moving a link between namespaces afterwards costs a synchronize_net (about 30 ms). The host
+/// end joins the bridge as it is created.
+fn veth_message(s: &VethSpec, bridge_index: u32, netns: RawFd) -> LinkMessage {
+    let mut peer = LinkUnspec::new_with_name(&s.if_name).setns_by_fd(netns);
+    let mut host = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(s.host_name.clone())
+        .controller(bridge_index);
+    if let Some(mtu) = s.mtu {
+        peer = peer.mtu(mtu);
+        host = host.mtu(mtu);
+    }
+    host.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+        .build()
+}
+
+fn mac(link: &LinkMessage) -> String {
+    link.attributes
         .iter()
-        .find(|l| l.get("ifname").and_then(Value::as_str) == Some(name))
-        .and_then(|l| l.get("address").and_then(Value::as_str))
+        .find_map(|a| match a {
+            LinkAttribute::Address(bytes) => Some(
+                bytes
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            ),
+            _ => None,
+        })
         .unwrap_or_default()
-        .to_string()
 }
 
-/// IPv6 addresses skip duplicate address detection: the allocator already made them unique,
-/// and a tentative address would not be usable for the first second or two of the pod.
-fn nodad(a: &IpAddr) -> &'static str {
-    if a.is_ipv6() { " nodad" } else { "" }
+fn name_of(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
 }
 
-fn mtu_arg(mtu: Option<u32>) -> String {
-    mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
+fn alias(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(n) => Some(n.as_str()),
+        _ => None,
+    })
 }
 
-impl Links for IpLinks {
+fn controller(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(i) => Some(*i),
+        _ => None,
+    })
+}
+
+fn is_veth(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|a| {
+        matches!(a, LinkAttribute::LinkInfo(infos)
+            if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+    })
+}
+
+/// The gateway of a default route through the link `index`.
+fn default_gateway(route: &RouteMessage, index: u32) -> Option<IpAddr> {
+    if route.header.destination_prefix_length != 0
+        || !route
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
+    {
+        return None;
+    }
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(IpAddr::V4(*gw)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => Some(IpAddr::V6(*gw)),
+        _ => None,
+    })
+}
+
+impl Links for NetlinkLinks {
     fn ensure_bridge(
         &self,
         bridge: &str,
@@ -200,183 +336,226 @@ impl Links for IpLinks {
         gateways: &[(IpAddr, IpNet)],
     ) -> Result<String, LinkError> {
         let what = format!("bridge {bridge}");
-        let mut lines = vec![format!("link set dev {bridge} up")];
-        for (gw, net) in gateways {
-            lines.push(format!(
-                "addr replace {gw}/{} dev {bridge}{}",
-                net.prefix,
-                nodad(gw)
-            ));
-        }
-        lines.push(format!("link show dev {bridge}"));
-        // The common case, an existing bridge, costs one process; sysfs is only a hint (it may
-        // belong to another netns), so a bridge that turns out missing is still created.
-        if Path::new("/sys/class/net").join(bridge).exists() {
-            match ip_batch(&what, true, &lines) {
-                Err(e) if not_found(&e) => {}
-                r => return r.map(|out| mac_of(&out, bridge)),
+        let what = what.as_str();
+        let err = |e| netlink_err(what, e);
+        run(None, |h| async move {
+            let link = match link_by_name(&h, bridge).await.map_err(err)? {
+                Some(link) => link,
+                None => {
+                    let mut add = LinkBridge::new(bridge);
+                    if let Some(mtu) = mtu {
+                        add = add.mtu(mtu);
+                    }
+                    // Two ADDs may race to create it: losing the race is fine.
+                    match h.link().add(add.build()).execute().await {
+                        Err(e) if is_errno(&e, Errno::EEXIST) => {}
+                        r => r.map_err(err)?,
+                    }
+                    link_by_name(&h, bridge)
+                        .await
+                        .map_err(err)?
+                        .ok_or_else(|| missing(what))?
+                }
+            };
+            let index = link.header.index;
+            set_up(&h, index).await.map_err(err)?;
+            for (gw, net) in gateways {
+                add_address(&h, index, *gw, net.prefix, true)
+                    .await
+                    .map_err(err)?;
             }
-        }
-        // Two ADDs may race to create it: losing the race is fine.
-        let add = format!("link add name {bridge}{} type bridge", mtu_arg(mtu));
-        match ip_batch(&what, false, &[add]) {
-            Err(LinkError::Command { message, .. }) if message.contains("File exists") => {}
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-        let out = ip_batch(&what, true, &lines)?;
-        Ok(mac_of(&out, bridge))
-    }
-
-    fn add_veth(&self, s: &VethSpec) -> Result<VethMacs, LinkError> {
-        let mtu = mtu_arg(s.mtu);
-        let netns = s.netns.display().to_string();
-        if netns.contains(char::is_whitespace) {
-            return Err(LinkError::Netns {
-                path: s.netns.clone(),
-                source: std::io::Error::other("a path with spaces cannot be given to ip"),
-            });
-        }
-        // The pod end is created in the pod's namespace under its final name: moving a link
-        // between namespaces afterwards costs a synchronize_net (about 30 ms).
-        let mut host = vec![
-            format!(
-                "link add {}{mtu} type veth peer name {}{mtu} netns {netns}",
-                s.host_name, s.if_name
-            ),
-            format!("link set dev {} master {}", s.host_name, s.bridge),
-            format!("link set dev {} alias \"{}\"", s.host_name, s.alias),
-        ];
-        if s.hairpin {
-            host.push(format!(
-                "link set dev {} type bridge_slave hairpin on",
-                s.host_name
-            ));
-        }
-        host.push(format!("link set dev {} up", s.host_name));
-        host.push(format!("link show dev {}", s.host_name));
-        let what = format!("veth {} (peer {} in {netns})", s.host_name, s.if_name);
-        let out = match ip_batch(&what, true, &host) {
-            // A host end left by an ADD that crashed half-way: remove it and try once more (if
-            // the pod already has an interface of that name, the retry reports it).
-            Err(LinkError::Command { message, .. })
-                if message.contains("File exists") && self.host_link(&s.host_name)?.is_some() =>
-            {
-                self.del_host_link(&s.host_name)?;
-                ip_batch(&what, true, &host)?
-            }
-            r => r?,
-        };
-        let host_mac = mac_of(&out, &s.host_name);
-
-        let mut pod = vec![format!("link set dev {} up", s.if_name)];
-        for (a, net) in &s.addresses {
-            pod.push(format!(
-                "addr add {a}/{} dev {}{}",
-                net.prefix,
-                s.if_name,
-                nodad(a)
-            ));
-        }
-        for gw in &s.gateways {
-            let dst = if gw.is_ipv6() { "::/0" } else { "default" };
-            pod.push(format!("route add {dst} via {gw} dev {}", s.if_name));
-        }
-        pod.push(format!("link show dev {}", s.if_name));
-        let what = format!("{} in {netns}", s.if_name);
-        let out = in_netns(&s.netns, || ip_batch(&what, true, &pod))??;
-        Ok(VethMacs {
-            host: host_mac,
-            container: mac_of(&out, &s.if_name),
+            Ok(mac(&link))
         })
     }
 
+    fn add_veth(&self, s: &VethSpec) -> Result<VethMacs, LinkError> {
+        let netns = std::fs::File::open(&s.netns).map_err(|source| LinkError::Netns {
+            path: s.netns.clone(),
+            source,
+        })?;
+        let what = format!(
+            "veth {} (peer {} in {})",
+            s.host_name,
+            s.if_name,
+            s.netns.display()
+        );
+        let what = what.as_str();
+        let err = |e| netlink_err(what, e);
+        let host = run(None, |h| async move {
+            let bridge = link_by_name(&h, &s.bridge)
+                .await
+                .map_err(|e| netlink_err(&format!("bridge {}", s.bridge), e))?
+                .ok_or_else(|| missing(&format!("bridge {}", s.bridge)))?;
+            let add = || veth_message(s, bridge.header.index, netns.as_raw_fd());
+            match h.link().add(add()).execute().await {
+                // A host end left by an ADD that crashed half-way: remove it and try once more
+                // (if the pod already has an interface of that name, the retry reports it).
+                Err(e)
+                    if is_errno(&e, Errno::EEXIST)
+                        && link_by_name(&h, &s.host_name).await.map_err(err)?.is_some() =>
+                {
+                    del_link_by_name(&h, &s.host_name).await.map_err(err)?;
+                    h.link().add(add()).execute().await.map_err(err)?;
+                }
+                r => r.map_err(err)?,
+            }
+            let link = link_by_name(&h, &s.host_name)
+                .await
+                .map_err(err)?
+                .ok_or_else(|| missing(what))?;
+            // The alias lets GC find the pair from the host; bridge port settings need
+            // RTM_NEWLINK on a link that already has its master.
+            let mut change = LinkUnspec::new_with_index(link.header.index)
+                .alias(s.alias.clone())
+                .up();
+            if s.hairpin {
+                change = change.set_port_kind(InfoPortKind::Bridge).set_port_data(
+                    InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(true)]),
+                );
+            }
+            h.link()
+                .change(change.build())
+                .execute()
+                .await
+                .map_err(err)?;
+            Ok(mac(&link))
+        })?;
+
+        let what = format!("{} in {}", s.if_name, s.netns.display());
+        let what = what.as_str();
+        let err = |e| netlink_err(what, e);
+        let container = run(Some(&s.netns), |h| async move {
+            let link = link_by_name(&h, &s.if_name)
+                .await
+                .map_err(err)?
+                .ok_or_else(|| missing(what))?;
+            let index = link.header.index;
+            set_up(&h, index).await.map_err(err)?;
+            for (addr, net) in &s.addresses {
+                add_address(&h, index, *addr, net.prefix, false)
+                    .await
+                    .map_err(err)?;
+            }
+            for gw in &s.gateways {
+                h.route()
+                    .add(default_route(*gw, index))
+                    .execute()
+                    .await
+                    .map_err(err)?;
+            }
+            Ok(mac(&link))
+        })?;
+        Ok(VethMacs { host, container })
+    }
+
     fn del_host_link(&self, name: &str) -> Result<(), LinkError> {
-        match ip_batch(
-            &format!("link {name}"),
-            false,
-            &[format!("link del dev {name}")],
-        ) {
-            Err(e) if !not_found(&e) => Err(e),
-            _ => Ok(()),
-        }
+        run(None, |h| async move {
+            del_link_by_name(&h, name)
+                .await
+                .map_err(|e| netlink_err(&format!("link {name}"), e))
+        })
     }
 
     fn host_link(&self, name: &str) -> Result<Option<HostLink>, LinkError> {
-        match ip_batch(
-            &format!("link {name}"),
-            true,
-            &[format!("link show dev {name}")],
-        ) {
-            Ok(out) => Ok(json_objects(&out).first().map(|l| HostLink {
-                master: l.get("master").and_then(Value::as_str).map(String::from),
-                alias: l.get("ifalias").and_then(Value::as_str).map(String::from),
-            })),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let what = format!("link {name}");
+        let what = what.as_str();
+        let err = |e| netlink_err(what, e);
+        run(None, |h| async move {
+            let Some(link) = link_by_name(&h, name).await.map_err(err)? else {
+                return Ok(None);
+            };
+            let master = match controller(&link) {
+                Some(index) => link_by_index(&h, index)
+                    .await
+                    .map_err(err)?
+                    .and_then(|m| name_of(&m)),
+                None => None,
+            };
+            Ok(Some(HostLink {
+                master,
+                alias: alias(&link).map(String::from),
+            }))
+        })
     }
 
     fn pod_iface(&self, netns: &Path, if_name: &str) -> Result<Option<PodIface>, LinkError> {
         let what = format!("{if_name} in {}", netns.display());
-        let out = in_netns(netns, || {
-            match ip_batch(&what, true, &[format!("addr show dev {if_name}")]) {
-                Ok(addrs) => {
-                    let show = ["route show default".to_string()];
-                    let v4 = ip_batch(&what, true, &show)?;
-                    let v6 = ip_batch_family(&what, true, Some("-6"), &show)?;
-                    Ok(Some((addrs, format!("{v4}\n{v6}"))))
-                }
-                Err(e) if not_found(&e) => Ok(None),
-                Err(e) => Err(e),
+        let what = what.as_str();
+        let err = |e| netlink_err(what, e);
+        run(Some(netns), |h| async move {
+            let Some(link) = link_by_name(&h, if_name).await.map_err(err)? else {
+                return Ok(None);
+            };
+            let index = link.header.index;
+            let addresses = h
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_filter_map(|a| async move {
+                    if a.header.scope == AddressScope::Link
+                        || !matches!(a.header.family, AddressFamily::Inet | AddressFamily::Inet6)
+                    {
+                        return Ok(None);
+                    }
+                    // IPv4 names the interface's own address IFA_LOCAL; IPv6 has only
+                    // IFA_ADDRESS.
+                    let local = a.attributes.iter().find_map(|at| match at {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    });
+                    let addr = local.or_else(|| {
+                        a.attributes.iter().find_map(|at| match at {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    });
+                    Ok(addr.map(|ip| (ip, a.header.prefix_len)))
+                })
+                .try_collect()
+                .await
+                .map_err(err)?;
+            let mut default_gateways = Vec::new();
+            for family in [
+                RouteMessageBuilder::<Ipv4Addr>::new().build(),
+                RouteMessageBuilder::<Ipv6Addr>::new().build(),
+            ] {
+                let routes: Vec<RouteMessage> = h
+                    .route()
+                    .get(family)
+                    .execute()
+                    .try_collect()
+                    .await
+                    .map_err(err)?;
+                default_gateways.extend(routes.iter().filter_map(|r| default_gateway(r, index)));
             }
-        })??;
-        let Some((addrs, routes)) = out else {
-            return Ok(None);
-        };
-        let addresses = json_objects(&addrs)
-            .iter()
-            .flat_map(|l| {
-                l.get("addr_info")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .filter(|a| {
-                matches!(
-                    a.get("family").and_then(Value::as_str),
-                    Some("inet" | "inet6")
-                ) && a.get("scope").and_then(Value::as_str) != Some("link")
-            })
-            .filter_map(|a| {
-                let ip = a.get("local")?.as_str()?.parse().ok()?;
-                let prefix = u8::try_from(a.get("prefixlen")?.as_u64()?).ok()?;
-                Some((ip, prefix))
-            })
-            .collect();
-        let default_gateways = json_objects(&routes)
-            .iter()
-            .filter(|r| r.get("dev").and_then(Value::as_str) == Some(if_name))
-            .filter_map(|r| r.get("gateway")?.as_str()?.parse().ok())
-            .collect();
-        Ok(Some(PodIface {
-            addresses,
-            default_gateways,
-        }))
+            Ok(Some(PodIface {
+                addresses,
+                default_gateways,
+            }))
+        })
     }
 
     fn host_links_with_alias(&self, prefix: &str) -> Result<Vec<(String, String)>, LinkError> {
-        let out = ip_batch("links", true, &["link show type veth".to_string()])?;
-        Ok(json_objects(&out)
-            .iter()
-            .filter_map(|l| {
-                let alias = l.get("ifalias")?.as_str()?;
-                let name = l.get("ifname")?.as_str()?;
-                alias
-                    .starts_with(prefix)
-                    .then(|| (name.to_string(), alias.to_string()))
-            })
-            .collect())
+        run(None, |h| async move {
+            let links: Vec<LinkMessage> = h
+                .link()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| netlink_err("links", e))?;
+            Ok(links
+                .iter()
+                .filter(|l| is_veth(l))
+                .filter_map(|l| {
+                    let alias = alias(l)?;
+                    alias
+                        .starts_with(prefix)
+                        .then(|| Some((name_of(l)?, alias.to_string())))?
+                })
+                .collect())
+        })
     }
 }
 
@@ -385,10 +564,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batch_json_output_is_split_per_command() {
-        let out = "[{\"ifname\":\"a\",\"address\":\"02:00:00:00:00:01\"}]\n[{\"ifname\":\"b\",\"address\":\"02:00:00:00:00:02\"}]\n";
-        assert_eq!(mac_of(out, "b"), "02:00:00:00:00:02");
-        assert_eq!(mac_of(out, "c"), "");
-        assert_eq!(json_objects("").len(), 0);
+    fn macs_print_as_lowercase_colon_separated_hex() {
+        let mut link = LinkMessage::default();
+        link.attributes.push(LinkAttribute::Address(vec![
+            0x02, 0xab, 0x00, 0x01, 0xfe, 0x0f,
+        ]));
+        assert_eq!(mac(&link), "02:ab:00:01:fe:0f");
+        assert_eq!(mac(&LinkMessage::default()), "");
+    }
+
+    #[test]
+    fn veth_request_enslaves_the_host_end_and_creates_the_peer_in_the_pod_netns() {
+        let spec = VethSpec {
+            bridge: "br0".into(),
+            host_name: "vethhost".into(),
+            netns: PathBuf::from("/run/netns/p"),
+            if_name: "eth0".into(),
+            mtu: Some(1400),
+            hairpin: false,
+            alias: "berth:n:c/eth0".into(),
+            addresses: Vec::new(),
+            gateways: Vec::new(),
+        };
+        let msg = veth_message(&spec, 42, 9);
+        let attrs = &msg.attributes;
+        assert!(attrs.contains(&LinkAttribute::IfName("vethhost".into())));
+        assert!(attrs.contains(&LinkAttribute::Controller(42)));
+        assert!(attrs.contains(&LinkAttribute::Mtu(1400)));
+        let peer = attrs
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                    LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .unwrap();
+        assert!(
+            peer.attributes
+                .contains(&LinkAttribute::IfName("eth0".into()))
+        );
+        assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(9)));
+        assert!(peer.attributes.contains(&LinkAttribute::Mtu(1400)));
+        assert!(is_veth(&msg));
+    }
+
+    #[test]
+    fn default_gateway_only_from_default_routes_through_the_interface() {
+        let gw: Ipv4Addr = "10.1.0.1".parse().unwrap();
+        let route = default_route(IpAddr::V4(gw), 7);
+        assert_eq!(default_gateway(&route, 7), Some(IpAddr::V4(gw)));
+        assert_eq!(default_gateway(&route, 8), None);
+        let mut subnet = route.clone();
+        subnet.header.destination_prefix_length = 24;
+        assert_eq!(default_gateway(&subnet, 7), None);
     }
 }

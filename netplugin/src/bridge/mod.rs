@@ -557,9 +557,9 @@ mod tests {
                 .borrow_mut()
                 .push(format!("veth {}", spec.host_name));
             if self.fail_veth {
-                return Err(LinkError::Command {
+                return Err(LinkError::Netlink {
                     what: "veth".into(),
-                    message: "boom".into(),
+                    source: std::io::Error::other("boom"),
                 });
             }
             *self.veth.borrow_mut() = Some(spec.clone());
