@@ -593,20 +593,31 @@ impl Sandboxes {
                 .create(&id, &limits)
                 .map_err(SandboxError::Cgroup)?;
         }
-        let mut ips = Vec::new();
-        if own.net {
-            progress.network = true;
-            ips = self
-                .net
-                .setup(&self.attachment(record, config))
-                .map_err(|e| SandboxError::NetworkSetup {
+        // The shim starts while the network is set up: neither needs the other, and each is
+        // a few execs long (the shim and its holder; the CNI plugins).
+        progress.network = own.net;
+        progress.shim = true;
+        let attachment = own.net.then(|| self.attachment(record, config));
+        let (ips, shim) = std::thread::scope(|s| {
+            let shim = s.spawn(|| self.shims.start(&id, runtime, own.pid));
+            let ips = match &attachment {
+                Some(a) => self.net.setup(a).map_err(|e| SandboxError::NetworkSetup {
                     id: id.clone(),
                     message: e.to_string(),
-                })?;
-        }
+                }),
+                None => Ok(Vec::new()),
+            };
+            let shim = shim.join().unwrap_or_else(|_| {
+                Err(ShimError::Start {
+                    id: id.clone(),
+                    message: "the thread starting the shim panicked".into(),
+                })
+            });
+            (ips, shim)
+        });
+        let ips = ips?;
+        let shim = shim?;
         self.write_files(&dir, config, own, &hostname, ips.first())?;
-        progress.shim = true;
-        let shim = self.shims.start(&id, runtime, own.pid)?;
         record.ips = ips.iter().map(ToString::to_string).collect();
         record.shim_address = shim.address;
         record.shim_pid = shim.pid;
