@@ -610,7 +610,8 @@ fn remove_forward_guard(bridge: &str) {
         .status();
 }
 
-/// berth-bridge's nftables table of a network on `bridge`, if a failed test left it.
+/// berth-bridge's nftables table of a network on `bridge`, if a failed test left it: of any
+/// family (`inet` since NAT is dual-stack, `ip` from older versions).
 fn delete_berth_bridge_nat(bridge: &str) {
     let Ok(out) = Command::new("nft").args(["-j", "list", "tables"]).output() else {
         return;

@@ -153,17 +153,23 @@ fn leases(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Rules in berth-bridge's NAT table of network `name` (0 when the table is gone).
+/// Rules in berth-bridge's NAT table of network `name` (0 when the table is gone): `inet` (both
+/// families), plus any left in the IPv4-only `ip` table older berth-bridge versions used.
 fn nat_rules(name: &str) -> usize {
-    let out = Command::new("nft")
-        .args(["-j", "list", "table", "ip", &format!("berth-{name}")])
-        .output();
-    let Ok(out) = out else { return 0 };
-    serde_json::from_slice::<Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v["nftables"].as_array().cloned())
-        .map(|items| items.iter().filter(|i| i.get("rule").is_some()).count())
-        .unwrap_or(0)
+    ["inet", "ip"]
+        .iter()
+        .map(|family| {
+            let out = Command::new("nft")
+                .args(["-j", "list", "table", family, &format!("berth-{name}")])
+                .output();
+            let Ok(out) = out else { return 0 };
+            serde_json::from_slice::<Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v["nftables"].as_array().cloned())
+                .map(|items| items.iter().filter(|i| i.get("rule").is_some()).count())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 fn entries(dir: &Path) -> usize {

@@ -1,6 +1,6 @@
 //! berth-bridge through the CNI runner, as root: namespaces, a bridge and an nftables table the
 //! test creates and removes (Drop guards, also on failure). Traffic goes only between the test's
-//! namespaces and to 127.0.0.1.
+//! namespaces, to 127.0.0.1 and to the test bridge's own addresses.
 
 #![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
@@ -145,13 +145,30 @@ impl Drop for Fixture {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
-        for table in [format!("berth-{}", self.network), self.guard_table()] {
+        for (family, table) in [
+            ("inet", nat_table(&self.network)),
+            ("ip", nat_table(&self.network)),
+            ("ip", self.guard_table()),
+        ] {
             let _ = Command::new("nft")
-                .args(["delete", "table", "ip", &table])
+                .args(["delete", "table", family, &table])
                 .stderr(std::process::Stdio::null())
                 .status();
         }
     }
+}
+
+fn nat_table(network: &str) -> String {
+    format!("berth-{network}")
+}
+
+/// `nft list table <family> <table>`'s output (empty when the table does not exist).
+fn nft_list(family: &str, table: &str) -> String {
+    let out = Command::new("nft")
+        .args(["list", "table", family, table])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn ip(args: &[&str]) -> String {
@@ -325,13 +342,12 @@ fn host_port_on_loopback_reaches_the_pod_and_del_removes_its_rules() {
         .unwrap();
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.contains("hairpin on"), "{out}");
-    let table = format!("berth-{}", f.network);
-    let rules = Command::new("nft")
-        .args(["list", "table", "ip", &table])
-        .output()
-        .unwrap();
-    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
-    assert!(rules.contains(&format!("dnat to {addr}:8080")), "{rules}");
+    let table = nat_table(&f.network);
+    let rules = nft_list("inet", &table);
+    assert!(
+        rules.contains(&format!("dnat ip to {addr}:8080")),
+        "{rules}"
+    );
     assert!(rules.contains("masquerade"), "{rules}");
 
     let server = serve_once(&f.netns_path(0), SocketAddr::new(addr, 8080));
@@ -339,11 +355,7 @@ fn host_port_on_loopback_reaches_the_pod_and_del_removes_its_rules() {
     server.join().unwrap();
 
     runner.del(&list, &rt).unwrap();
-    let rules = Command::new("nft")
-        .args(["list", "table", "ip", &table])
-        .output()
-        .unwrap();
-    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+    let rules = nft_list("inet", &table);
     assert!(
         !rules.contains("comment"),
         "every tagged rule is gone: {rules}"
@@ -483,4 +495,80 @@ fn dual_stack_namespaces_get_both_families_and_talk_tcp_over_ipv6() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     assert!(our_veths(&f).is_empty());
+}
+
+#[test]
+fn dual_stack_host_port_answers_on_the_bridge_ipv6_address_and_del_removes_both_families() {
+    let pid = std::process::id();
+    let f = Fixture::new(5, 1);
+    let subnet = format!("10.217.{}.0/24", pid % 250);
+    let subnet6 = format!("fd86:{:x}:5::/64", pid % 0xffff);
+    f.guard(&subnet);
+    let _guard6 = Guard6::install(&f.bridge, &subnet6);
+    let list = f.conflist(
+        &subnet,
+        serde_json::json!({
+            "ipMasq": true,
+            "ipam": {"ranges": [[{"subnet": subnet}], [{"subnet": subnet6}]]},
+            "capabilities": {"portMappings": true},
+        }),
+    );
+    let runner = f.runner();
+    let host_port = 40_000 + (pid % 20_000) as u16;
+    let mut rt = f.rt(0);
+    rt.capability_args.insert(
+        "portMappings".into(),
+        serde_json::json!([{"hostPort": host_port, "containerPort": 8080, "protocol": "tcp"}]),
+    );
+    let r = runner.add(&list, &rt).unwrap();
+    let ips = result_ips(&r);
+    assert!(ips.len() == 2 && ips[1].is_ipv6(), "{r}");
+    runner.check(&list, &rt).unwrap();
+    let table = nat_table(&f.network);
+    let rules = nft_list("inet", &table);
+    assert!(
+        rules.contains(&format!("dnat ip6 to [{}]:8080", ips[1])),
+        "{rules}"
+    );
+    assert!(
+        rules.contains(&format!("dnat ip to {}:8080", ips[0])),
+        "{rules}"
+    );
+
+    // From the host to its own IPv6 address on the bridge (the pod's gateway), at the host port.
+    let gateway6: std::net::IpAddr = r["ips"][1]["gateway"].as_str().unwrap().parse().unwrap();
+    let server = serve_once(&f.netns_path(0), SocketAddr::new(ips[1], 8080));
+    ping_pong(SocketAddr::new(gateway6, host_port)).unwrap();
+    server.join().unwrap();
+
+    // A rule of this attachment in the IPv4-only table older versions used goes too.
+    let legacy = format!(
+        "table ip {table} {{\n chain postrouting {{\n  type nat hook postrouting priority 100;\n  \
+         ip saddr {} masquerade comment \"berth:{}/eth0\"\n }}\n}}\n",
+        ips[0], rt.container_id
+    );
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(legacy.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(nft_list("ip", &table).contains("comment"));
+
+    runner.del(&list, &rt).unwrap();
+    for family in ["inet", "ip", "ip6"] {
+        let rules = nft_list(family, &table);
+        assert!(
+            !rules.contains("comment"),
+            "no tagged rule left in {family} {table}: {rules}"
+        );
+    }
+    assert!(f.leases().is_empty());
+    runner.del(&list, &rt).unwrap();
 }

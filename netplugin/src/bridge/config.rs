@@ -23,7 +23,7 @@
 //! [{"subnet": "fd00:88::/64"}]]` gives a pod one IPv4 and one IPv6 address, each with a
 //! default route via its range's gateway. Masquerade and host ports apply to the IPv4 address.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -64,13 +64,14 @@ impl Protocol {
     }
 }
 
-/// One host port (portmap semantics: `hostIP` empty or 0.0.0.0 means every local address).
+/// One host port (portmap semantics: `hostIP` empty, 0.0.0.0 or :: means every local address of
+/// both families; an IPv4 or IPv6 `hostIP` maps that family only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortMapping {
     pub host_port: u16,
     pub container_port: u16,
     pub protocol: Protocol,
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
 }
 
 /// A validated berth-bridge configuration.
@@ -364,12 +365,12 @@ fn parse_port_mappings(v: &Value) -> Result<Vec<PortMapping>, ConfigError> {
             Some(p) => return Err(err(field("protocol"), format!("{p:?} is not tcp or udp"))),
         };
         let host_ip = match m.get("hostIP").and_then(Value::as_str) {
-            None | Some("") | Some("0.0.0.0") => None,
-            Some(s) if s.contains(':') => continue, // IPv6 host ports: nothing to do on an IPv4 network
+            None | Some("") => None,
             Some(s) => Some(
-                s.parse()
-                    .map_err(|_| err(field("hostIP"), format!("{s:?} is not an IPv4 address")))?,
-            ),
+                s.parse::<IpAddr>()
+                    .map_err(|_| err(field("hostIP"), format!("{s:?} is not an IP address")))?,
+            )
+            .filter(|ip| !ip.is_unspecified()),
         };
         out.push(PortMapping {
             host_port: port("hostPort")?,
@@ -384,6 +385,7 @@ fn parse_port_mappings(v: &Value) -> Result<Vec<PortMapping>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn parse(v: Value) -> Result<BridgeConf, ConfigError> {
         BridgeConf::parse(v.to_string().as_bytes())
@@ -415,7 +417,9 @@ mod tests {
             "capabilities": {"portMappings": true},
             "runtimeConfig": {"portMappings": [
                 {"hostPort": 8080, "containerPort": 80, "protocol": "UDP", "hostIP": "127.0.0.1"},
-                {"hostPort": 8081, "containerPort": 81}
+                {"hostPort": 8081, "containerPort": 81},
+                {"hostPort": 8082, "containerPort": 82, "hostIP": "fd00::1"},
+                {"hostPort": 8083, "containerPort": 83, "hostIP": "::"}
             ]}
         }))
         .unwrap();
@@ -429,10 +433,15 @@ mod tests {
         );
         assert_eq!(r.gateway, IpAddr::V4(Ipv4Addr::new(10, 1, 0, 254)));
         assert_eq!(c.reserved, vec![IpAddr::V4(Ipv4Addr::new(10, 1, 0, 7))]);
-        assert_eq!(c.port_mappings.len(), 2);
+        assert_eq!(c.port_mappings.len(), 4);
         assert_eq!(c.port_mappings[0].protocol, Protocol::Udp);
-        assert_eq!(c.port_mappings[0].host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(c.port_mappings[0].host_ip, Some(Ipv4Addr::LOCALHOST.into()));
         assert_eq!(c.port_mappings[1].protocol, Protocol::Tcp);
+        assert_eq!(c.port_mappings[2].host_ip, "fd00::1".parse().ok());
+        assert_eq!(
+            c.port_mappings[3].host_ip, None,
+            "unspecified: every address"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use config::{BridgeConf, ConfigError};
-use ipam::{DiskStore, Ipam, IpamError, Owner};
+use ipam::{DiskStore, IpNet, Ipam, IpamError, Owner};
 use link::{LinkError, Links, VethSpec};
 use nat::{Nat, NatError, NatSpec};
 
@@ -178,6 +178,29 @@ fn tag(owner: &Owner) -> String {
     format!("berth:{}/{}", owner.container_id, owner.if_name)
 }
 
+/// The NAT of an attachment with `addresses` (address, prefix length): the first address of
+/// each family, as the default routes use the first range set of each.
+fn nat_spec(
+    conf: &BridgeConf,
+    owner: &Owner,
+    addresses: impl Iterator<Item = (IpAddr, u8)>,
+) -> NatSpec {
+    let mut first: Vec<(IpAddr, IpNet)> = Vec::new();
+    for (addr, prefix) in addresses {
+        if !first.iter().any(|(a, _)| a.is_ipv6() == addr.is_ipv6()) {
+            first.push((addr, IpNet { addr, prefix }.network()));
+        }
+    }
+    NatSpec {
+        table: nat_table(conf),
+        tag: tag(owner),
+        bridge: conf.bridge.clone(),
+        addresses: first,
+        masquerade: conf.ip_masq,
+        ports: conf.port_mappings.clone(),
+    }
+}
+
 fn alias_prefix(conf: &BridgeConf) -> String {
     format!("berth:{}:", sanitize(&conf.name))
 }
@@ -271,25 +294,13 @@ impl<L: Links, N: Nat> Plugin<L, N> {
             gateways: gateways.clone(),
         };
         let macs = self.links.add_veth(&spec).map_err(|e| undo(e.into()))?;
-        // Masquerade and host ports are IPv4 only: an IPv6 pod address is meant to be routed.
-        let first_v4 = allocs.iter().find_map(|a| match a.address {
-            IpAddr::V4(v4) => Some((v4, a.subnet)),
-            IpAddr::V6(_) => None,
-        });
-        if let Some((address, subnet)) = first_v4
-            && (conf.ip_masq || !conf.port_mappings.is_empty())
-        {
-            self.nat
-                .add(&NatSpec {
-                    table: nat_table(conf),
-                    tag: tag(&owner),
-                    bridge: conf.bridge.clone(),
-                    address,
-                    subnet,
-                    masquerade: conf.ip_masq,
-                    ports: conf.port_mappings.clone(),
-                })
-                .map_err(|e| undo(e.into()))?;
+        let nat = nat_spec(
+            conf,
+            &owner,
+            allocs.iter().map(|a| (a.address, a.subnet.prefix)),
+        );
+        if nat.has_rules() {
+            self.nat.add(&nat).map_err(|e| undo(e.into()))?;
         }
         let legacy = conf.legacy_result();
         let ips: Vec<Value> = allocs
@@ -408,9 +419,9 @@ impl<L: Links, N: Nat> Plugin<L, N> {
         if expected.iter().any(|(_, _, gw)| gw.is_some()) && iface.default_gateways.is_empty() {
             return Err(failed(format!("no default route in {}", netns.display())));
         }
-        let has_v4 = expected.iter().any(|(ip, _, _)| ip.is_ipv4());
-        if has_v4 && (conf.ip_masq || !conf.port_mappings.is_empty()) {
-            let t = tag(&owner);
+        let nat = nat_spec(conf, &owner, expected.iter().map(|(ip, p, _)| (*ip, *p)));
+        if nat.has_rules() {
+            let t = nat.tag;
             if !self.nat.tags(&nat_table(conf))?.contains(&t) {
                 return Err(failed(format!(
                     "no nftables rule tagged {t} in table {}",
@@ -462,6 +473,7 @@ impl<L: Links, N: Nat> Plugin<L, N> {
             .into_iter()
             .filter(|t| !valid_tags.contains(t))
             .collect();
+        stale.sort_unstable();
         stale.dedup();
         for t in stale {
             self.nat.del(&table, &t)?;
@@ -612,11 +624,13 @@ mod tests {
     #[derive(Default)]
     struct FakeNat {
         rules: RefCell<Vec<String>>,
+        added: RefCell<Vec<NatSpec>>,
     }
 
     impl Nat for FakeNat {
         fn add(&self, spec: &NatSpec) -> Result<(), NatError> {
             self.rules.borrow_mut().push(spec.tag.clone());
+            self.added.borrow_mut().push(spec.clone());
             Ok(())
         }
         fn del(&self, _table: &str, tag: &str) -> Result<(), NatError> {
@@ -720,6 +734,44 @@ mod tests {
         }
         let err = s.plugin.run(&s.env("CHECK", "c1"), &check).unwrap_err();
         assert_eq!(err.code, code::CHECK_FAILED, "{err}");
+    }
+
+    #[test]
+    fn nat_covers_the_first_address_of_each_family() {
+        let s = Setup::new(false);
+        let ranges = json!({"ranges": [[{"subnet": "10.7.0.0/24"}], [{"subnet": "fd00:7::/64"}],
+            [{"subnet": "fd00:8::/64"}]]});
+        let conf = s.conf("1.0.0", json!({"ipMasq": true, "ipam": ranges}));
+        s.plugin.run(&s.env("ADD", "c1"), &conf).unwrap().unwrap();
+        let added = s.plugin.nat.added.borrow();
+        let addrs: Vec<String> = added[0]
+            .addresses
+            .iter()
+            .map(|(a, n)| format!("{a} in {}/{}", n.addr, n.prefix))
+            .collect();
+        assert_eq!(
+            addrs,
+            ["10.7.0.2 in 10.7.0.0/24", "fd00:7::2 in fd00:7::/64"]
+        );
+    }
+
+    #[test]
+    fn ipv6_only_pod_gets_no_nat_for_an_ipv4_host_ip_and_checks_clean() {
+        let s = Setup::new(false);
+        let conf = s.conf(
+            "1.0.0",
+            json!({"ipam": {"ranges": [[{"subnet": "fd00:7::/64"}]]},
+                "capabilities": {"portMappings": true},
+                "runtimeConfig": {"portMappings": [
+                    {"hostPort": 8080, "containerPort": 80, "hostIP": "192.0.2.1"}]}}),
+        );
+        let r = s.plugin.run(&s.env("ADD", "c1"), &conf).unwrap().unwrap();
+        assert!(s.plugin.nat.added.borrow().is_empty());
+        let mut check = serde_json::from_slice::<Value>(&conf).unwrap();
+        check["prevResult"] = r;
+        s.plugin
+            .run(&s.env("CHECK", "c1"), &check.to_string().into_bytes())
+            .unwrap();
     }
 
     #[test]
