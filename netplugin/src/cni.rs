@@ -87,6 +87,12 @@ pub enum CniError {
         command: &'static str,
         message: String,
     },
+    #[error("CNI plugin {plugin} does not support cniVersion {version} (it supports {supported})")]
+    Incompatible {
+        plugin: String,
+        version: String,
+        supported: String,
+    },
     #[error("CNI result cache {path}: {source}")]
     Cache {
         path: PathBuf,
@@ -184,6 +190,56 @@ impl CniRunner {
         list.plugin_types
             .iter()
             .try_for_each(|t| self.find(t).map(|_| ()))
+    }
+
+    /// The binaries of the chain's plugins, in chain order.
+    pub fn plugin_paths(&self, list: &NetworkConfigList) -> Result<Vec<PathBuf>, CniError> {
+        list.plugin_types.iter().map(|t| self.find(t)).collect()
+    }
+
+    /// CNI VERSION: the spec versions plugin `plugin_type` supports.
+    pub fn versions(&self, plugin_type: &str, cni_version: &str) -> Result<Vec<String>, CniError> {
+        let plugin = json!({"type": plugin_type});
+        let conf = json!({"cniVersion": cni_version});
+        let out = self.exec_env(&plugin, "VERSION", &conf, &[])?;
+        // A plugin that answers VERSION with nothing says nothing against the version.
+        if out.is_none() {
+            return Ok(vec![cni_version.to_string()]);
+        }
+        let supported = out
+            .as_ref()
+            .and_then(|v| v.get("supportedVersions"))
+            .and_then(Value::as_array)
+            .ok_or_else(|| CniError::BadOutput {
+                plugin: plugin_type.to_string(),
+                command: "VERSION",
+                message: "no supportedVersions".into(),
+            })?;
+        Ok(supported
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Every plugin of the chain supports its `cniVersion` (VERSION of each, as libcni's
+    /// ValidateNetworkList asks).
+    pub fn validate(&self, list: &NetworkConfigList) -> Result<(), CniError> {
+        let mut asked = std::collections::BTreeSet::new();
+        for plugin_type in &list.plugin_types {
+            if !asked.insert(plugin_type) {
+                continue;
+            }
+            let supported = self.versions(plugin_type, &list.cni_version)?;
+            if !supported.contains(&list.cni_version) {
+                return Err(CniError::Incompatible {
+                    plugin: plugin_type.clone(),
+                    version: list.cni_version.clone(),
+                    supported: supported.join(", "),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// CNI STATUS (1.1): whether every plugin of the chain is ready for ADD. A chain whose
@@ -775,6 +831,30 @@ mod tests {
         rt.capability_args
             .insert("portMappings".into(), json!([{"hostPort": 80}]));
         rt
+    }
+
+    #[test]
+    fn a_plugin_that_does_not_support_the_chains_version_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let script = "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = VERSION ] && echo '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\"]}'\nexit 0\n";
+        let path = bin.join("old");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let runner = CniRunner::new(vec![bin], dir.path().join("cache"));
+        let list = |v: &str| NetworkConfigList {
+            cni_version: v.into(),
+            ..list(json!([{"type": "old"}]))
+        };
+        assert_eq!(runner.versions("old", "1.0.0").unwrap(), ["0.4.0", "1.0.0"]);
+        runner.validate(&list("1.0.0")).unwrap();
+        let err = runner.validate(&list("1.1.0")).unwrap_err().to_string();
+        assert!(
+            err.contains("old") && err.contains("1.1.0") && err.contains("0.4.0, 1.0.0"),
+            "{err}"
+        );
     }
 
     #[test]

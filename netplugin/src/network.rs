@@ -7,6 +7,8 @@
 //! dir with fsnotify to the same effect.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
@@ -27,16 +29,46 @@ pub const DEFAULT_CONFLIST: &str = "99-berth.conflist";
 #[error("{0}")]
 pub struct NotReady(pub String);
 
+/// A file and when it was last modified.
+type FileStamp = (PathBuf, Option<SystemTime>);
+
 /// The pod network of one CNI conf dir, run with one [`CniRunner`].
 #[derive(Debug, Clone)]
 pub struct Network {
     conf_dir: PathBuf,
     runner: CniRunner,
+    /// The config file and plugin binaries (with their modification times) whose versions
+    /// were last found compatible: VERSION runs again only when one of them changes.
+    validated: Arc<Mutex<Option<Vec<FileStamp>>>>,
 }
 
 impl Network {
     pub fn new(conf_dir: PathBuf, runner: CniRunner) -> Network {
-        Network { conf_dir, runner }
+        Network {
+            conf_dir,
+            runner,
+            validated: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// VERSION of every plugin of `list` unless these very files were checked already.
+    fn validate(&self, list: &NetworkConfigList) -> Result<(), crate::cni::CniError> {
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut key: Vec<FileStamp> = vec![(list.source.clone(), mtime(&list.source))];
+        for path in self.runner.plugin_paths(list)? {
+            let t = mtime(&path);
+            key.push((path, t));
+        }
+        let mut validated = self
+            .validated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if validated.as_ref() == Some(&key) {
+            return Ok(());
+        }
+        self.runner.validate(list)?;
+        *validated = Some(key);
+        Ok(())
     }
 
     pub fn runner(&self) -> &CniRunner {
@@ -57,6 +89,7 @@ impl Network {
             NotReady(format!("network config {}: {e}", list.source.display()))
         };
         self.runner.find_plugins(&list).map_err(in_file)?;
+        self.validate(&list).map_err(in_file)?;
         self.runner.status(&list).map_err(in_file)?;
         Ok(list)
     }
@@ -329,7 +362,7 @@ mod tests {
         script(
             &bin,
             "fake",
-            r#"cat >/dev/null; echo '{"code":50,"msg":"bridge is down"}'; exit 1"#,
+            r#"cat >/dev/null; [ "$CNI_COMMAND" = STATUS ] || exit 0; echo '{"code":50,"msg":"bridge is down"}'; exit 1"#,
         );
         let err = network.ready().unwrap_err().0;
         assert!(
@@ -343,7 +376,11 @@ mod tests {
         assert_eq!(network.ready().unwrap().name, "a");
 
         // A chain older than CNI 1.1 is not asked for STATUS.
-        script(&bin, "fake", "exit 1");
+        script(
+            &bin,
+            "fake",
+            r#"[ "$CNI_COMMAND" = STATUS ] && exit 1; exit 0"#,
+        );
         std::fs::write(
             conf.join("10-a.conflist"),
             r#"{"cniVersion":"1.0.0","name":"a","plugins":[{"type":"fake"}]}"#,
