@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use berth_proto::cri::image_service_client::ImageServiceClient;
 use berth_proto::cri::runtime_service_client::RuntimeServiceClient;
 use berth_proto::cri::{
-    ContainerStatsRequest, CreateContainerRequest, ListImagesRequest, RunPodSandboxRequest,
-    RuntimeConfigRequest, StatusRequest, VersionRequest,
+    ContainerStatsRequest, CreateContainerRequest, ListImagesRequest, NetworkConfig,
+    RunPodSandboxRequest, RuntimeConfig, RuntimeConfigRequest, StatusRequest,
+    UpdateRuntimeConfigRequest, VersionRequest,
 };
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
@@ -272,6 +273,24 @@ async fn serves_version_status_and_runtime_config() {
         .unwrap()
         .into_inner();
     assert!(rc.linux.is_some());
+
+    // kubelet's pod CIDR: taken (for the ipRanges of later pods); a bad one is refused.
+    let update = |cidr: &str| UpdateRuntimeConfigRequest {
+        runtime_config: Some(RuntimeConfig {
+            network_config: Some(NetworkConfig {
+                pod_cidr: cidr.to_string(),
+            }),
+        }),
+    };
+    rt.update_runtime_config(update("10.244.0.0/24,fd00:10:244::/64"))
+        .await
+        .unwrap();
+    let err = rt
+        .update_runtime_config(update("10.244.0.0"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("pod_cidr"), "{err}");
 
     let err = rt
         .run_pod_sandbox(RunPodSandboxRequest::default())

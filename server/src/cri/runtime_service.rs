@@ -197,9 +197,18 @@ impl RuntimeService for CriRuntime {
 
     async fn update_runtime_config(
         &self,
-        _request: Request<UpdateRuntimeConfigRequest>,
+        request: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        Err(Error::NotImplemented("UpdateRuntimeConfig").into())
+        let pod_cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        let span = tracing::info_span!("UpdateRuntimeConfig", pod_cidr = %pod_cidr);
+        let _enter = span.enter();
+        self.1.set_pod_cidrs(&pod_cidr).map_err(Error::from)?;
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
     async fn status(

@@ -75,6 +75,15 @@ impl CniNetwork {
         if let Some(dns) = &pod.dns {
             rt.capability_args.insert("dns".into(), dns.clone());
         }
+        if !pod.ip_ranges.is_empty() {
+            let ranges: Vec<serde_json::Value> = pod
+                .ip_ranges
+                .iter()
+                .map(|c| serde_json::json!([{ "subnet": c }]))
+                .collect();
+            rt.capability_args
+                .insert("ipRanges".into(), serde_json::Value::Array(ranges));
+        }
         if let Some(bandwidth) = &pod.bandwidth {
             rt.capability_args
                 .insert("bandwidth".into(), bandwidth.clone());
@@ -202,5 +211,37 @@ pub fn prepare_network(config: &mut Config) {
         ),
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "cannot install the default pod network"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_conf_carries_the_pods_args_and_capabilities() {
+        let pod = NetworkAttachment {
+            pod_id: "p1".into(),
+            netns: "/run/berth/sandboxes/p1/ns/net".into(),
+            name: "web".into(),
+            namespace: "default".into(),
+            uid: "u1".into(),
+            port_mappings: vec![serde_json::json!({"hostPort": 8080, "containerPort": 80})],
+            dns: None,
+            bandwidth: Some(serde_json::json!({"ingressRate": 1000})),
+            ip_ranges: vec!["10.244.1.0/24".into()],
+        };
+        let rt = CniNetwork::runtime_conf(&pod);
+        assert_eq!(rt.container_id, "p1");
+        assert_eq!(rt.if_name, "eth0");
+        assert!(rt.args.contains(&("K8S_POD_NAME".into(), "web".into())));
+        let caps = &rt.capability_args;
+        assert_eq!(caps["portMappings"][0]["hostPort"], 8080);
+        assert_eq!(
+            caps["ipRanges"],
+            serde_json::json!([[{"subnet": "10.244.1.0/24"}]])
+        );
+        assert_eq!(caps["bandwidth"]["ingressRate"], 1000);
+        assert!(!caps.contains_key("dns"));
     }
 }

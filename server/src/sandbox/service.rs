@@ -71,6 +71,9 @@ pub struct NetworkAttachment {
     pub dns: Option<serde_json::Value>,
     /// CNI `bandwidth` capability argument, from the pod's bandwidth annotations.
     pub bandwidth: Option<serde_json::Value>,
+    /// The node's pod CIDRs (kubelet's UpdateRuntimeConfig), as the CNI `ipRanges`
+    /// capability argument gives them to IPAM plugins that take it.
+    pub ip_ranges: Vec<String>,
 }
 
 /// kubelet's pod annotations for traffic shaping, in bits per second.
@@ -342,6 +345,8 @@ pub struct Sandboxes {
     net: Arc<dyn PodNetwork>,
     shims: Arc<dyn ShimLauncher>,
     cgroups: Arc<dyn PodCgroups>,
+    /// The node's pod CIDRs, from kubelet's UpdateRuntimeConfig (none until it calls).
+    pod_cidrs: std::sync::RwLock<Vec<String>>,
     /// Held while a name is checked and reserved by writing the record.
     names: Mutex<()>,
     /// One lock per pod id: run, stop and remove of one pod never interleave.
@@ -434,6 +439,7 @@ impl Sandboxes {
             net,
             shims,
             cgroups,
+            pod_cidrs: std::sync::RwLock::new(Vec::new()),
             names: Mutex::new(()),
             pods: Mutex::new(HashMap::new()),
         }
@@ -696,7 +702,42 @@ impl Sandboxes {
             dns,
             // Checked when the pod was run.
             bandwidth: bandwidth(&config.annotations).ok().flatten(),
+            ip_ranges: self
+                .pod_cidrs
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
+    }
+
+    /// UpdateRuntimeConfig: the node's pod CIDRs (comma-separated, one per family), handed to
+    /// the network of every pod started from now on. An empty string clears them.
+    pub fn set_pod_cidrs(&self, pod_cidr: &str) -> Result<(), SandboxError> {
+        let cidrs: Vec<String> = pod_cidr
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect();
+        for cidr in &cidrs {
+            let valid = cidr.split_once('/').is_some_and(|(ip, len)| {
+                ip.parse::<IpAddr>().is_ok_and(|ip| {
+                    len.parse::<u8>()
+                        .is_ok_and(|l| l <= if ip.is_ipv4() { 32 } else { 128 })
+                })
+            });
+            if !valid {
+                return Err(SandboxError::InvalidConfig(format!(
+                    "network_config.pod_cidr: {cidr:?} is not a CIDR"
+                )));
+            }
+        }
+        tracing::info!(?cidrs, "pod CIDRs");
+        *self
+            .pod_cidrs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = cidrs;
+        Ok(())
     }
 
     /// Undoes a failed or interrupted run and deletes the record.

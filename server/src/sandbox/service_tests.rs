@@ -671,3 +671,26 @@ fn bandwidth_annotations_become_the_cni_bandwidth_argument() {
         "nothing made for the bad one"
     );
 }
+
+#[test]
+fn pod_cidrs_reach_the_network_of_later_pods_and_bad_ones_are_refused() {
+    let f = fixture();
+    f.svc
+        .set_pod_cidrs("10.244.1.0/24, fd00:10:244:1::/64")
+        .unwrap();
+    let id = f.svc.run(config("ranged"), "").unwrap();
+    assert_eq!(
+        f.net.attached.lock().unwrap()[&id].ip_ranges,
+        ["10.244.1.0/24", "fd00:10:244:1::/64"]
+    );
+    for bad in ["10.244.1.0", "10.244.1.0/33", "nonsense/24"] {
+        let err = f.svc.set_pod_cidrs(bad).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::InvalidConfig(m) if m.contains("pod_cidr") && m.contains(bad)),
+            "{bad}: {err}"
+        );
+    }
+    f.svc.set_pod_cidrs("").unwrap();
+    let plain = f.svc.run(config("plain"), "").unwrap();
+    assert!(f.net.attached.lock().unwrap()[&plain].ip_ranges.is_empty());
+}
