@@ -16,7 +16,8 @@
 //! bridge CNI chain, medians of `--runs` pods; then the memory a pod costs: the PSS of every
 //! process the runtime keeps per pod (shims, sandbox holders) with `--pods` pods running
 //! (default 50), divided by their number. With `--berth-bridge`, berth runs on its own default
-//! network (berth-bridge) while containerd keeps Debian's chain.
+//! network (berth-bridge) while containerd keeps Debian's chain. With `--grpc` the latencies
+//! are CRI calls over one gRPC connection, as kubelet makes them, instead of crictl runs.
 //!
 //! `recovery` (berth only): `--pods` pods (default 100) with a running container each, kill -9
 //! of berthd, and the time until the restarted berthd answers with every container still
@@ -26,6 +27,7 @@
 //! portmap chain, on namespaces the benchmark creates (`net.rs`); needs berth-bridge built
 //! into the same profile dir (`cargo build --release -p berth-netplugin -p berth-bench`).
 
+mod grpc;
 mod net;
 mod procs;
 
@@ -39,10 +41,12 @@ use berth_e2e::registry::Registry;
 use berth_e2e::testimages::push_critest_images;
 use berth_e2e::tools;
 
+use crate::grpc::CriClient;
+
 /// Uncompressed sizes of the benchmark image's layers, largest first, in MiB (200 in all).
 const LAYER_MIB: [usize; 5] = [80, 50, 40, 20, 10];
 
-const USAGE: &str = "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N] [--berth-bridge] | recovery [--runs N] [--pods N] | net [--runs N]";
+const USAGE: &str = "usage: berth-bench pull [--runs N] | pods [--runs N] [--pods N] [--berth-bridge] [--grpc] | recovery [--runs N] [--pods N] | net [--runs N]";
 
 /// The container the benchmarks run: critest's busybox, served by the local registry.
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -52,6 +56,7 @@ fn main() -> Result<()> {
     let mut runs = 5usize;
     let mut pods = None;
     let mut berth_bridge = false;
+    let mut grpc = false;
     let mut what = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -66,6 +71,8 @@ fn main() -> Result<()> {
             // berth on its own default network (berth-bridge) rather than on Debian's chain;
             // containerd keeps Debian's chain, its usual setup.
             "--berth-bridge" => berth_bridge = true,
+            // CRI calls over one gRPC connection, as kubelet makes them, instead of crictl.
+            "--grpc" => grpc = true,
             "--pods" => {
                 pods = Some(
                     it.next()
@@ -83,7 +90,7 @@ fn main() -> Result<()> {
     }
     match what {
         Some("pull") => bench_pull(runs.max(1)),
-        Some("pods") => bench_pods(runs.max(1), pods.unwrap_or(50).max(1), berth_bridge),
+        Some("pods") => bench_pods(runs.max(1), pods.unwrap_or(50).max(1), berth_bridge, grpc),
         Some("recovery") => bench_recovery(runs.max(1), pods.unwrap_or(100).max(1)),
         Some("net") => net::bench_net(runs.max(1)),
         _ => bail!("{USAGE}"),
@@ -210,6 +217,8 @@ trait Runtime {
     fn crictl(&self, args: &[&str]) -> Result<std::process::Output>;
     /// Every process the runtime keeps for its pods (not the daemon itself).
     fn pod_processes(&self) -> Vec<i32>;
+    /// The CRI socket.
+    fn socket(&self) -> std::path::PathBuf;
 }
 
 struct BerthRuntime(Berthd);
@@ -218,6 +227,9 @@ struct ContainerdRuntime(Containerd);
 impl Runtime for BerthRuntime {
     fn name(&self) -> &'static str {
         "berth"
+    }
+    fn socket(&self) -> std::path::PathBuf {
+        self.0.paths().socket.clone()
     }
     fn crictl(&self, args: &[&str]) -> Result<std::process::Output> {
         self.0.crictl(args)
@@ -245,6 +257,9 @@ impl Runtime for BerthRuntime {
 impl Runtime for ContainerdRuntime {
     fn name(&self) -> &'static str {
         "containerd"
+    }
+    fn socket(&self) -> std::path::PathBuf {
+        self.0.dir().join("containerd.sock")
     }
     fn crictl(&self, args: &[&str]) -> Result<std::process::Output> {
         self.0.crictl(args)
@@ -328,7 +343,7 @@ fn remove_pod(rt: &dyn Runtime, id: &str) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn bench_pods(runs: usize, pods: usize, berth_bridge: bool) -> Result<()> {
+fn bench_pods(runs: usize, pods: usize, berth_bridge: bool, grpc: bool) -> Result<()> {
     let crictl = tools::crictl()?;
     let registry = Registry::start()?;
     push_critest_images(&registry)?;
@@ -367,6 +382,14 @@ fn bench_pods(runs: usize, pods: usize, berth_bridge: bool) -> Result<()> {
         remove_pod(rt, &id)?;
     }
 
+    let mut clients = if grpc {
+        Some([
+            CriClient::connect(&runtimes[0].socket())?,
+            CriClient::connect(&runtimes[1].socket())?,
+        ])
+    } else {
+        None
+    };
     let mut start_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut ctr_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut exec_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
@@ -377,6 +400,17 @@ fn bench_pods(runs: usize, pods: usize, berth_bridge: bool) -> Result<()> {
         for i in order {
             let rt = runtimes[i];
             let name = format!("lat-{}-{run}", rt.name());
+            if let Some(clients) = clients.as_mut() {
+                let c = &mut clients[i];
+                let cfg = CriClient::pod_config(&name, &work.path().join("logs"));
+                let (id, t) = c.run_pod(&cfg)?;
+                start_times[i].push(t);
+                let (ctr, t) = c.start_container(&id, &cfg, &name, BUSYBOX)?;
+                ctr_times[i].push(t);
+                exec_times[i].push(c.exec_sync(&ctr)?);
+                stop_times[i].push(c.remove_pod(&id)?);
+                continue;
+            }
             let (id, t) = run_pod(rt, work.path(), &name)?;
             start_times[i].push(t);
             let (ctr, t) = start_container(rt, work.path(), &id, &name)?;
@@ -427,7 +461,12 @@ fn bench_pods(runs: usize, pods: usize, berth_bridge: bool) -> Result<()> {
     } else {
         "both on Debian bridge+host-local+portmap"
     };
-    println!("pods and containers, {network}, medians of {runs}; crictl start-up included");
+    let client = if grpc {
+        "CRI over one gRPC connection, as kubelet calls"
+    } else {
+        "crictl start-up included"
+    };
+    println!("pods and containers, {network}, medians of {runs}; {client}");
     let row = |what: &str, b: Duration, c: Duration| {
         println!(
             "{what:<28} berth {:7.1} ms   containerd {:7.1} ms   ratio {:.2}",
