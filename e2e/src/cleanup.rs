@@ -93,6 +93,30 @@ pub(crate) fn kill_processes_mentioning(dir: &Path, grace: Duration) {
     }
 }
 
+/// SIGKILLs the PID namespace holders of the pods whose shims live under `shims_dir`: each
+/// shim dir names its holder in `pid-holder`. Holders are reparented to init and their
+/// command line (`berth-pidns --id <pod>`) does not name the test's dir, so nothing else finds
+/// them. A pid is only killed while it is still a holder of that pod.
+pub(crate) fn kill_pid_holders(shims_dir: &Path) {
+    for entry in std::fs::read_dir(shims_dir).into_iter().flatten().flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("pid-holder")) else {
+            continue;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            continue;
+        };
+        let short_id = entry.file_name().to_string_lossy().into_owned();
+        let is_holder = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "berth-pidns")
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| contains(&c, short_id.as_bytes()));
+        if is_holder {
+            eprintln!("berth-e2e: SIGKILL leftover pid namespace holder {pid} of pod {short_id}");
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()

@@ -18,7 +18,9 @@ use nix::mount::{MntFlags, umount2};
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::cleanup::{kill_containers_rooted_in, kill_processes_mentioning, unmount_under};
+use crate::cleanup::{
+    kill_containers_rooted_in, kill_pid_holders, kill_processes_mentioning, unmount_under,
+};
 use crate::process::{LoggedChild, wait_until};
 use crate::registry::Registry;
 use crate::testimages::{GCR_IO, REGISTRY_K8S_IO};
@@ -354,6 +356,7 @@ impl Berthd {
         self.child.stop(self.options.stop_grace);
         self.release_pod_networks();
         let dir = self.paths.dir.clone();
+        kill_pid_holders(&self.paths.state.join("shims"));
         // Twice: a shim killed in the first pass may have had children of its own.
         for _ in 0..2 {
             kill_processes_mentioning(&dir, Duration::from_secs(5));

@@ -224,6 +224,11 @@ fn assert_nothing_left(berthd: &Berthd, bridge: &str, ids: &HashSet<String>) -> 
     let paths = berthd.paths();
     let shims = processes_mentioning(&paths.state.join("shims").display().to_string());
     ensure!(shims.is_empty(), "shims still run: {shims:?}");
+    let holders: Vec<u32> = ids
+        .iter()
+        .flat_map(|id| processes_mentioning(&format!("berth-pidns\0--id\0{id}")))
+        .collect();
+    ensure!(holders.is_empty(), "PID holders still run: {holders:?}");
     for dir in [&paths.state, &paths.root] {
         let m: Vec<String> = mounts_under(dir)
             .into_iter()
