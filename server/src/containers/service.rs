@@ -390,23 +390,7 @@ impl Containers {
         if image_name.is_empty() {
             return Err(ContainerError::InvalidConfig("image is required".into()));
         }
-        let image = self
-            .images
-            .resolve(&image_name)
-            .map_err(|e| match e {
-                ImageError::InvalidReference { .. } => {
-                    ContainerError::ImageNotFound(image_name.clone())
-                }
-                other => other.into(),
-            })?
-            .ok_or_else(|| ContainerError::ImageNotFound(image_name.clone()))?;
-        let image_config: oci_spec::image::ImageConfiguration =
-            serde_json::from_slice(&image.config).map_err(|e| {
-                ContainerError::InvalidConfig(format!(
-                    "image {} has an unreadable config: {e}",
-                    image.id
-                ))
-            })?;
+        let (image, image_config) = self.local_image(&image_name)?;
         let process_config = image_config.config().clone().unwrap_or_default();
         // Checked before any side effect: an empty command is bad input.
         spec::process_args(&config.command, &config.args, &process_config)?;
@@ -668,6 +652,36 @@ impl Containers {
         }
     }
 
+    /// A pulled image and its config; one that is not here is NotFound ("pull it first").
+    fn local_image(
+        &self,
+        reference: &str,
+    ) -> Result<
+        (
+            berth_store::ImageRecord,
+            oci_spec::image::ImageConfiguration,
+        ),
+        ContainerError,
+    > {
+        let image = self
+            .images
+            .resolve(reference)
+            .map_err(|e| match e {
+                ImageError::InvalidReference { .. } => {
+                    ContainerError::ImageNotFound(reference.to_string())
+                }
+                other => other.into(),
+            })?
+            .ok_or_else(|| ContainerError::ImageNotFound(reference.to_string()))?;
+        let config = serde_json::from_slice(&image.config).map_err(|e| {
+            ContainerError::InvalidConfig(format!(
+                "image {} has an unreadable config: {e}",
+                image.id
+            ))
+        })?;
+        Ok((image, config))
+    }
+
     /// The image volumes `config` asks for (`Mount.image`): each mount's index and the top
     /// layer of its image, which must be present. Checked before any side effect.
     fn image_volumes(
@@ -690,23 +704,7 @@ impl Containers {
                     m.container_path
                 )));
             }
-            let image = self
-                .images
-                .resolve(reference)
-                .map_err(|e| match e {
-                    ImageError::InvalidReference { .. } => {
-                        ContainerError::ImageNotFound(reference.to_string())
-                    }
-                    other => other.into(),
-                })?
-                .ok_or_else(|| ContainerError::ImageNotFound(reference.to_string()))?;
-            let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&image.config)
-                .map_err(|e| {
-                    ContainerError::InvalidConfig(format!(
-                        "image {} has an unreadable config: {e}",
-                        image.id
-                    ))
-                })?;
+            let (_, config) = self.local_image(reference)?;
             let top = chain_ids(config.rootfs().diff_ids()).pop().ok_or_else(|| {
                 ContainerError::InvalidConfig(format!(
                     "mount at {}: image {reference} has no layers",
