@@ -16,6 +16,7 @@ use tonic::transport::Server;
 
 use crate::cgroups::CgroupFs;
 use crate::config::Config;
+use crate::containers::host::LinuxHost;
 use crate::containers::service::Containers;
 use crate::containers::tasks::{LinuxMounts, ShimTasks};
 use crate::cri;
@@ -112,6 +113,15 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
         Arc::new(LinuxMounts),
         shim_tasks.clone(),
         node.oom_score_adj_floor,
+        // The runtimes' features were probed once at start (`runc features`); the rest of the
+        // node's facts are read here once.
+        node.runtimes
+            .iter()
+            .map(|(name, bin)| {
+                let facts = LinuxHost::node_facts(bin.features.recursive_read_only_mounts);
+                (name.clone(), facts)
+            })
+            .collect(),
         tokio::runtime::Handle::current(),
     ));
     let recovering = containers.clone();

@@ -132,8 +132,8 @@ pub struct Containers {
     oom_score_adj_floor: i32,
     /// What the spec reads from the host (host paths, mounts, devices, profiles).
     host: Arc<dyn Host + Send + Sync>,
-    /// The node's facts per OCI runtime binary, probed at first use.
-    facts: Mutex<HashMap<PathBuf, NodeFacts>>,
+    /// The node's facts per runtime handler, from what berthd probed at start.
+    facts: BTreeMap<String, NodeFacts>,
     runtime: Handle,
     /// Held while a name is checked and reserved, and for every read-modify-write of a record.
     records: Mutex<()>,
@@ -242,6 +242,7 @@ impl Containers {
         mounts: Arc<dyn RootfsMounter>,
         tasks: Arc<dyn Tasks>,
         oom_score_adj_floor: i32,
+        facts: BTreeMap<String, NodeFacts>,
         runtime: Handle,
     ) -> Containers {
         Containers {
@@ -255,7 +256,7 @@ impl Containers {
             tasks,
             oom_score_adj_floor,
             host: Arc::new(LinuxHost),
-            facts: Mutex::new(HashMap::new()),
+            facts,
             runtime,
             records: Mutex::new(()),
             ops: Mutex::new(HashMap::new()),
@@ -264,18 +265,10 @@ impl Containers {
 
     /// The node's facts as the spec of a container on runtime handler `handler` needs them.
     fn node_facts(&self, handler: &str) -> NodeFacts {
-        let Some(binary) = self
-            .sandboxes
-            .runtime_binary(handler)
-            .map(Path::to_path_buf)
-        else {
-            return LinuxHost::node_facts(false);
-        };
-        *lock(&self.facts).entry(binary.clone()).or_insert_with(|| {
-            LinuxHost::node_facts(
-                crate::node::RuntimeFeatures::probe(&binary).recursive_read_only_mounts,
-            )
-        })
+        self.facts
+            .get(handler)
+            .copied()
+            .unwrap_or_else(|| LinuxHost::node_facts(false))
     }
 
     /// The init pid of the running container `target` that a `TARGET` pid namespace joins.

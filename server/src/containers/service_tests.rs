@@ -328,6 +328,7 @@ fn fixture() -> Fixture {
         mounts.clone(),
         tasks.clone(),
         -500,
+        BTreeMap::new(),
         rt.handle().clone(),
     ));
     Fixture {

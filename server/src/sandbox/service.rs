@@ -889,11 +889,6 @@ impl Sandboxes {
         Ok(())
     }
 
-    /// The OCI runtime binary of a runtime handler.
-    pub fn runtime_binary(&self, handler: &str) -> Option<&Path> {
-        self.runtimes.get(handler).map(PathBuf::as_path)
-    }
-
     /// PodSandboxStatus: the pod, or NotFound.
     pub fn status(&self, id: &str) -> Result<Sandbox, SandboxError> {
         let record = self
