@@ -61,6 +61,10 @@ fn container_config(dir: &Path, name: &str, args: &[&str]) -> Result<PathBuf> {
     )
 }
 
+fn runp(berthd: &Berthd, pod_cfg: &Path) -> Result<String> {
+    Ok(berthd.crictl_ok(&["runp", s(pod_cfg)?])?.trim().to_string())
+}
+
 fn create(berthd: &Berthd, pod: &str, ctr: &Path, pod_cfg: &Path) -> Result<String> {
     Ok(berthd
         .crictl_ok(&["create", pod, s(ctr)?, s(pod_cfg)?])?
@@ -78,10 +82,7 @@ fn container_lifecycle_logs_exec_stop_and_cleanup() -> Result<()> {
     let (berthd, _registry) = start(1)?;
     let dir = berthd.paths().dir.clone();
     let pod_cfg = pod_config(&dir, "app")?;
-    let pod = berthd
-        .crictl_ok(&["runp", s(&pod_cfg)?])?
-        .trim()
-        .to_string();
+    let pod = runp(&berthd, &pod_cfg)?;
 
     // A long-running container that logs, ignores SIGTERM and serves execs.
     let web_cfg = container_config(
@@ -283,10 +284,7 @@ fn bad_container_input_is_refused() -> Result<()> {
     let (berthd, _registry) = start(2)?;
     let dir = berthd.paths().dir.clone();
     let pod_cfg = pod_config(&dir, "bad")?;
-    let pod = berthd
-        .crictl_ok(&["runp", s(&pod_cfg)?])?
-        .trim()
-        .to_string();
+    let pod = runp(&berthd, &pod_cfg)?;
 
     let missing = write_json(
         &dir,
@@ -325,10 +323,7 @@ fn containers_survive_a_berthd_restart_and_exits_during_it_are_recorded() -> Res
     let (mut berthd, _registry) = start(3)?;
     let dir = berthd.paths().dir.clone();
     let pod_cfg = pod_config(&dir, "keep")?;
-    let pod = berthd
-        .crictl_ok(&["runp", s(&pod_cfg)?])?
-        .trim()
-        .to_string();
+    let pod = runp(&berthd, &pod_cfg)?;
     let long_cfg = container_config(&dir, "long", &["sleep 1000"])?;
     let long = create(&berthd, &pod, &long_cfg, &pod_cfg)?;
     berthd.crictl_ok(&["start", &long])?;
@@ -368,10 +363,7 @@ fn an_oom_killed_container_is_reported_oomkilled() -> Result<()> {
     let (berthd, _registry) = start(4)?;
     let dir = berthd.paths().dir.clone();
     let pod_cfg = pod_config(&dir, "oom")?;
-    let pod = berthd
-        .crictl_ok(&["runp", s(&pod_cfg)?])?
-        .trim()
-        .to_string();
+    let pod = runp(&berthd, &pod_cfg)?;
     let cfg = write_json(
         &dir,
         "hog.json",
@@ -409,10 +401,7 @@ fn containers_of_a_pod_share_its_pid_namespace_unless_they_ask_for_their_own() -
     let dir = berthd.paths().dir.clone();
     // No namespace options: PID mode POD, as crictl and kubelet's shareProcessNamespace send.
     let pod_cfg = pod_config(&dir, "shared")?;
-    let pod = berthd
-        .crictl_ok(&["runp", s(&pod_cfg)?])?
-        .trim()
-        .to_string();
+    let pod = runp(&berthd, &pod_cfg)?;
     let a_cfg = container_config(&dir, "a", &["sleep 1001"])?;
     let a = create(&berthd, &pod, &a_cfg, &pod_cfg)?;
     berthd.crictl_ok(&["start", &a])?;
@@ -489,10 +478,7 @@ fn an_image_volume_mounts_another_images_content_read_only() -> Result<()> {
     let (berthd, _registry) = start(6)?;
     let dir = berthd.paths().dir.clone();
     let pod_cfg = pod_config(&dir, "imgvol")?;
-    let pod = berthd
-        .crictl_ok(&["runp", s(&pod_cfg)?])?
-        .trim()
-        .to_string();
+    let pod = runp(&berthd, &pod_cfg)?;
     let cfg = write_json(
         &dir,
         "imgvol.json",
