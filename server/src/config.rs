@@ -51,6 +51,11 @@ pub struct Config {
 pub struct RuntimeHandler {
     /// The OCI runtime binary: an absolute path, or a name looked up in `PATH`.
     pub path: PathBuf,
+    /// On a hybrid cgroup host, run the runtime without the cgroup2 mount at
+    /// /sys/fs/cgroup/unified so that it manages cgroup v1 only. Unset: on for crun, which
+    /// refuses hybrid hosts, off for any other runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hide_unified_cgroup: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +156,7 @@ impl Default for Config {
             DEFAULT_RUNTIME.to_string(),
             RuntimeHandler {
                 path: PathBuf::from("runc"),
+                hide_unified_cgroup: None,
             },
         );
         Config {
@@ -219,6 +225,10 @@ path = "runc"
 # A second handler, for example:
 # [runtimes.crun]
 # path = "/usr/bin/crun"
+# On a hybrid cgroup host (v1 controllers plus cgroup2 at /sys/fs/cgroup/unified), run the
+# runtime in a mount namespace without that cgroup2 mount, so it manages v1 only. Unset: on
+# for crun (it refuses hybrid hosts whose cgroup2 hierarchy holds a controller), else off.
+# hide_unified_cgroup = true
 
 [network]
 # Where the CNI network configuration is read from: the first .conflist, .conf or .json file
@@ -404,6 +414,7 @@ impl Config {
             name.to_string(),
             RuntimeHandler {
                 path: PathBuf::from(path),
+                hide_unified_cgroup: None,
             },
         );
         Ok(())

@@ -192,12 +192,20 @@ async fn sandboxes(
         tracing::warn!(error = %e, "reading cgroup mounts; pod cgroups will not be removed");
         CgroupFs::from_mountinfo("")
     });
-    let shims = Arc::new(ProcessShims::new(
-        shim,
-        cgroups.clone(),
-        config.state.clone(),
-        tokio::runtime::Handle::current(),
-    ));
+    let shims = Arc::new(
+        ProcessShims::new(
+            shim,
+            cgroups.clone(),
+            config.state.clone(),
+            tokio::runtime::Handle::current(),
+        )
+        .hiding_unified_cgroup_for(
+            node.runtimes
+                .values()
+                .filter(|bin| bin.hide_unified_cgroup)
+                .map(|bin| bin.path.clone()),
+        ),
+    );
     let sandboxes = Arc::new(Sandboxes::new(
         store.clone(),
         SandboxDirs::new(config.state.clone()),

@@ -38,12 +38,29 @@ impl CgroupVersion {
     }
 }
 
+/// Where a hybrid host mounts cgroup2 next to its v1 controllers.
+const UNIFIED_MOUNT: &str = "/sys/fs/cgroup/unified";
+
+/// Whether `mountinfo` shows a hybrid host: a cgroup2 mount at [`UNIFIED_MOUNT`].
+pub fn is_hybrid(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        let mount_point = line.split_whitespace().nth(4);
+        let fstype = line
+            .split_once(" - ")
+            .and_then(|(_, tail)| tail.split_whitespace().next());
+        mount_point == Some(UNIFIED_MOUNT) && fstype == Some("cgroup2")
+    })
+}
+
 /// A resolved OCI runtime handler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeBinary {
     pub path: PathBuf,
     pub features: RuntimeFeatures,
+    /// The host is hybrid and the handler runs without its cgroup2 mount
+    /// ([`crate::config::RuntimeHandler::hide_unified_cgroup`]).
+    pub hide_unified_cgroup: bool,
 }
 
 /// What a runtime handler can do, as kubelet asks through Status. Read from the runtime's
@@ -123,11 +140,20 @@ impl NodeInfo {
         let mountinfo = read("/proc/self/mountinfo")?;
         let oom = read("/proc/self/oom_score_adj")?;
         let path_var = std::env::var_os("PATH").unwrap_or_default();
+        let hybrid = is_hybrid(&mountinfo);
         let mut runtimes = BTreeMap::new();
         for (name, handler) in &config.runtimes {
             let path = resolve_binary(name, &handler.path, &path_var)?;
             let features = RuntimeFeatures::probe(&path);
-            runtimes.insert(name.clone(), RuntimeBinary { path, features });
+            let hide_unified_cgroup = hybrid && hides_unified_cgroup(handler, &path);
+            runtimes.insert(
+                name.clone(),
+                RuntimeBinary {
+                    path,
+                    features,
+                    hide_unified_cgroup,
+                },
+            );
         }
         Ok(NodeInfo {
             cgroup_version: CgroupVersion::detect(&mountinfo),
@@ -135,6 +161,14 @@ impl NodeInfo {
             runtimes,
         })
     }
+}
+
+/// Whether a handler runs without the hybrid host's cgroup2 mount: as configured, else only
+/// crun, which refuses hybrid hosts whose cgroup2 hierarchy holds a controller.
+fn hides_unified_cgroup(handler: &crate::config::RuntimeHandler, binary: &Path) -> bool {
+    handler
+        .hide_unified_cgroup
+        .unwrap_or_else(|| binary.file_name().is_some_and(|n| n == "crun"))
 }
 
 /// The oom_score_adj a process may actually be given when `requested` is asked for, with
@@ -209,6 +243,39 @@ mod tests {
     #[test]
     fn unified_hierarchy_is_v2() {
         assert_eq!(CgroupVersion::detect(UNIFIED), CgroupVersion::V2);
+    }
+
+    #[test]
+    fn only_a_cgroup2_mount_at_unified_makes_a_host_hybrid() {
+        assert!(is_hybrid(HYBRID));
+        assert!(!is_hybrid(UNIFIED));
+        let legacy: String = HYBRID.lines().filter(|l| !l.contains("unified")).collect();
+        assert!(!is_hybrid(&legacy));
+    }
+
+    #[test]
+    fn crun_hides_the_unified_cgroup_unless_configured_otherwise() {
+        use crate::config::RuntimeHandler;
+        let handler = |hide| RuntimeHandler {
+            path: PathBuf::from("x"),
+            hide_unified_cgroup: hide,
+        };
+        assert!(hides_unified_cgroup(
+            &handler(None),
+            Path::new("/usr/bin/crun")
+        ));
+        assert!(!hides_unified_cgroup(
+            &handler(None),
+            Path::new("/usr/sbin/runc")
+        ));
+        assert!(!hides_unified_cgroup(
+            &handler(Some(false)),
+            Path::new("/usr/bin/crun")
+        ));
+        assert!(hides_unified_cgroup(
+            &handler(Some(true)),
+            Path::new("/opt/runc")
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! it serves (see `shim/src/main.rs`); its stderr goes to `<shim dir>/stderr`, which is quoted
 //! when start-up fails.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Mutex, PoisonError};
@@ -78,6 +78,8 @@ pub struct ProcessShims {
     runtime: Handle,
     spawner: Spawner,
     clients: Mutex<HashMap<String, TaskClient>>,
+    /// Runtime binaries whose shims run them without the hybrid host's cgroup2 mount.
+    hide_unified_cgroup: BTreeSet<PathBuf>,
 }
 
 /// Where shims are forked: a thread of its own with a current-thread runtime, placed once in
@@ -145,7 +147,18 @@ impl ProcessShims {
             runtime,
             spawner,
             clients: Mutex::new(HashMap::new()),
+            hide_unified_cgroup: BTreeSet::new(),
         }
+    }
+
+    /// Shims of pods on these runtime binaries run them without /sys/fs/cgroup/unified
+    /// ([`crate::node::RuntimeBinary::hide_unified_cgroup`]).
+    pub fn hiding_unified_cgroup_for(
+        mut self,
+        runtimes: impl IntoIterator<Item = PathBuf>,
+    ) -> Self {
+        self.hide_unified_cgroup = runtimes.into_iter().collect();
+        self
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -302,6 +315,9 @@ impl ShimLauncher for ProcessShims {
         let holder_file = dir.join(PID_HOLDER_FILE);
         if share_pid {
             cmd.arg("--pid-holder").arg(&holder_file);
+        }
+        if self.hide_unified_cgroup.contains(runtime) {
+            cmd.arg("--hide-unified-cgroup");
         }
         let binary = self.binary.clone();
         let cgroups = self.cgroups.clone();
@@ -487,6 +503,46 @@ mod tests {
         );
         // Nothing to stop, and stopping is idempotent.
         shims.stop("pod1", None).unwrap();
+    }
+
+    #[test]
+    fn only_runtimes_set_to_hide_the_unified_cgroup_get_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("fake-shim");
+        let args_file = dir.path().join("args");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {}\nexit 1\n",
+                args_file.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let shims = ProcessShims::new(
+            fake,
+            CgroupFs::from_mountinfo(""),
+            dir.path().into(),
+            rt.handle().clone(),
+        )
+        .hiding_unified_cgroup_for([PathBuf::from("/usr/bin/crun")]);
+        // The fake prints no address, so both starts fail after it ran.
+        assert!(
+            shims
+                .start("pod1", Path::new("/usr/bin/crun"), false)
+                .is_err()
+        );
+        assert!(
+            shims
+                .start("pod2", Path::new("/usr/sbin/runc"), false)
+                .is_err()
+        );
+        let lines = std::fs::read_to_string(&args_file).unwrap();
+        let lines: Vec<&str> = lines.lines().collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("--id pod1") && lines[0].contains("--hide-unified-cgroup"));
+        assert!(lines[1].contains("--id pod2") && !lines[1].contains("--hide-unified-cgroup"));
     }
 
     #[test]

@@ -71,7 +71,7 @@ mod tests {
             (Code::NOT_FOUND, "container c1 not found".into())
         );
         let runc = RuncError {
-            command: "start".into(),
+            command: "runc start".into(),
             status: Some(1),
             message: "no such file".into(),
         };

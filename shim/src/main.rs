@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! berth-shim --id <pod id> --state-dir <dir> --runtime <path to runc> --runtime-root <dir>
-//!            [--pid-holder <file>]
+//!            [--pid-holder <file>] [--hide-unified-cgroup]
 //! berth-shim --version
 //! ```
 //!
@@ -19,6 +19,8 @@
 //! - `--runtime-root`: passed as runc's `--root` (where runc keeps container state).
 //! - `--pid-holder`: the pod shares one PID namespace between its containers: before anything
 //!   else the shim forks the namespace's init (see `pidns.rs`) and writes its pid to this file.
+//! - `--hide-unified-cgroup`: on a hybrid cgroup host, run the OCI runtime in a mount namespace
+//!   without /sys/fs/cgroup/unified, so it manages cgroup v1 only (crun refuses hybrid hosts).
 //!
 //! The caller (berthd) starts the shim detached (its own session, stdin on /dev/null). Once the
 //! socket is listening, the shim prints its address, `unix://<state-dir>/shim.sock`, and a newline
@@ -62,17 +64,23 @@ struct Args {
     runtime: PathBuf,
     runtime_root: PathBuf,
     pid_holder: Option<PathBuf>,
+    hide_unified_cgroup: bool,
 }
 
 const USAGE: &str = "usage: berth-shim --id <pod id> --state-dir <dir> --runtime <path> \
-                     --runtime-root <dir> [--pid-holder <file>]";
+                     --runtime-root <dir> [--pid-holder <file>] [--hide-unified-cgroup]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Args> {
     let (mut id, mut state_dir, mut runtime, mut runtime_root) = (None, None, None, None);
     let mut pid_holder = None;
+    let mut hide_unified_cgroup = false;
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
         let slot = match flag.as_str() {
+            "--hide-unified-cgroup" => {
+                hide_unified_cgroup = true;
+                continue;
+            }
             "--id" => &mut id,
             "--state-dir" => &mut state_dir,
             "--runtime" => &mut runtime,
@@ -93,6 +101,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Args> {
         runtime: need(runtime, "--runtime")?.into(),
         runtime_root: need(runtime_root, "--runtime-root")?.into(),
         pid_holder: pid_holder.map(PathBuf::from),
+        hide_unified_cgroup,
     })
 }
 
@@ -135,6 +144,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.runtime_root.clone(),
         args.state_dir.clone(),
         reaper.clone(),
+        args.hide_unified_cgroup,
     );
     let shutdown = Arc::new(Notify::new());
     let cfg = Config {
@@ -236,5 +246,16 @@ mod tests {
         assert!(parse_args(args("--id p --state-dir /s --runtime /r")).is_err());
         assert!(parse_args(args("--id")).is_err());
         assert!(parse_args(args("--bogus x")).is_err());
+        assert!(!a.hide_unified_cgroup && a.pid_holder.is_none());
+    }
+
+    #[test]
+    fn hide_unified_cgroup_takes_no_value() {
+        let a = parse_args(args(
+            "--id p --hide-unified-cgroup --state-dir /s --runtime /r --runtime-root /rr",
+        ))
+        .unwrap();
+        assert!(a.hide_unified_cgroup);
+        assert_eq!(a.state_dir.to_str(), Some("/s"));
     }
 }

@@ -9,6 +9,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -18,8 +19,9 @@ use async_trait::async_trait;
 use crate::reaper::Reaper;
 
 #[derive(Debug, thiserror::Error)]
-#[error("runc {command} failed{}: {message}", status.map(|s| format!(" (exit status {s})")).unwrap_or_default())]
+#[error("{command} failed{}: {message}", status.map(|s| format!(" (exit status {s})")).unwrap_or_default())]
 pub struct RuncError {
+    /// The runtime's name and verb, as in `runc create`.
     pub command: String,
     pub status: Option<u32>,
     pub message: String,
@@ -72,16 +74,34 @@ pub struct Runc {
     root: PathBuf,
     scratch: PathBuf,
     reaper: Reaper,
+    hide_unified_cgroup: bool,
 }
 
 impl Runc {
-    pub fn new(path: PathBuf, root: PathBuf, scratch: PathBuf, reaper: Reaper) -> Runc {
+    /// With `hide_unified_cgroup`, every invocation runs in a mount namespace without the
+    /// hybrid host's cgroup2 mount (see [`hide_unified_cgroup`]).
+    pub fn new(
+        path: PathBuf,
+        root: PathBuf,
+        scratch: PathBuf,
+        reaper: Reaper,
+        hide_unified_cgroup: bool,
+    ) -> Runc {
         Runc {
             path,
             root,
             scratch,
             reaper,
+            hide_unified_cgroup,
         }
+    }
+
+    /// The runtime's file name, for messages: `runc`, `crun`.
+    fn name(&self) -> std::borrow::Cow<'_, str> {
+        self.path
+            .file_name()
+            .unwrap_or(self.path.as_os_str())
+            .to_string_lossy()
     }
 
     async fn simple(&self, args: &[&str]) -> Result<(), RuncError> {
@@ -90,10 +110,11 @@ impl Runc {
     }
 
     async fn run(&self, args: &[&OsStr], stdio: Stdio2) -> Result<Vec<u8>, RuncError> {
-        let command = args
+        let verb = args
             .first()
-            .map(|a| a.to_string_lossy().into_owned())
+            .map(|a| a.to_string_lossy())
             .unwrap_or_default();
+        let command = format!("{} {verb}", self.name());
         let fail = |message: String| RuncError {
             command: command.clone(),
             status: None,
@@ -116,6 +137,13 @@ impl Runc {
             "json".into(),
         ]);
         cmd.args(global).args(args).stdin(Stdio::null());
+        if self.hide_unified_cgroup {
+            // SAFETY: the closure only makes raw syscalls (unshare, mount, umount2) on static
+            // paths; nix passes them from a stack buffer, so nothing allocates after fork.
+            unsafe {
+                cmd.pre_exec(hide_unified_cgroup);
+            }
+        }
         match stdio {
             Stdio2::Capture => {
                 cmd.stdout(clone(&out).map_err(|e| io("stdout file", e))?);
@@ -151,6 +179,30 @@ impl Runc {
             message,
         })
     }
+}
+
+/// Where a hybrid host mounts its cgroup2 hierarchy next to the v1 controllers.
+const UNIFIED_MOUNT: &str = "/sys/fs/cgroup/unified";
+
+/// Runs in the forked child before the runtime is exec'd: gives it a mount namespace of its
+/// own without the hybrid host's cgroup2 mount, so it sees a v1-only host and manages every
+/// controller through v1. crun refuses hybrid hosts whose cgroup2 hierarchy holds any
+/// controller ("cgroups in hybrid mode not supported"), and the host's mounts are not berth's
+/// to change. /sys/fs/cgroup turns private first so that the unmount does not propagate back
+/// to the host; every other mount keeps its propagation, so containers' shared mounts still
+/// reach the host.
+fn hide_unified_cgroup() -> std::io::Result<()> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&str>,
+        "/sys/fs/cgroup",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    umount2(UNIFIED_MOUNT, MntFlags::MNT_DETACH)?;
+    Ok(())
 }
 
 #[async_trait]
@@ -249,7 +301,7 @@ impl OciRuntime for Runc {
         serde_json::from_slice::<Option<Vec<u32>>>(&out)
             .map(Option::unwrap_or_default)
             .map_err(|e| RuncError {
-                command: "ps".into(),
+                command: format!("{} ps", self.name()),
                 status: None,
                 message: format!("parsing output: {e}"),
             })
@@ -302,10 +354,50 @@ not json"#;
     #[test]
     fn error_message_names_command_and_status() {
         let e = RuncError {
-            command: "kill".into(),
+            command: "runc kill".into(),
             status: Some(1),
             message: "boom".into(),
         };
         assert_eq!(e.to_string(), "runc kill failed (exit status 1): boom");
+    }
+
+    fn mount_points(mountinfo: &str) -> Vec<&str> {
+        mountinfo
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .collect()
+    }
+
+    /// On a hybrid host (this test's subject; elsewhere there is nothing to hide), a runtime
+    /// started with the hook sees every cgroup v1 mount but not the cgroup2 one, and the host
+    /// keeps it.
+    #[test]
+    fn the_hook_hides_only_the_unified_mount_and_only_from_the_child() {
+        let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        if !mount_points(&host).contains(&UNIFIED_MOUNT) || !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: not root on a hybrid cgroup host");
+            return;
+        }
+        let mut cmd = Command::new("cat");
+        cmd.arg("/proc/self/mountinfo");
+        // SAFETY: as in `Runc::run`.
+        unsafe {
+            cmd.pre_exec(hide_unified_cgroup);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let child = String::from_utf8(out.stdout).unwrap();
+        let child_mounts = mount_points(&child);
+        assert!(!child_mounts.contains(&UNIFIED_MOUNT), "{child}");
+        let v1_mounts: Vec<&str> = mount_points(&host)
+            .into_iter()
+            .filter(|m| m.starts_with("/sys/fs/cgroup/") && *m != UNIFIED_MOUNT)
+            .collect();
+        assert!(!v1_mounts.is_empty(), "{host}");
+        for m in v1_mounts {
+            assert!(child_mounts.contains(&m), "{m} missing in {child}");
+        }
+        let after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(mount_points(&after).contains(&UNIFIED_MOUNT));
     }
 }

@@ -6,7 +6,7 @@
 //! sandbox holder is a container like any other). `exec_id` empty means the container's init
 //! process, otherwise an exec process added with `Exec`. Unknown ids answer NotFound, calls in
 //! the wrong state FailedPrecondition, a failed runc command Unknown with runc's message
-//! (`runc <command> failed (exit status N): <stderr or runc's logged error>`).
+//! (`<runtime> <command> failed (exit status N): <its stderr or logged error>`).
 //!
 //! - `Create{id, bundle, stdout, stderr}`: `runc create` on `<bundle>` (berthd prepared
 //!   `config.json` and `rootfs/`; `rootfs` mounts, `terminal`, `stdin` and `checkpoint` are

@@ -179,6 +179,7 @@ mod tests {
                     recursive_read_only_mounts: true,
                     user_namespaces: false,
                 },
+                hide_unified_cgroup: false,
             },
         );
         Cri {
