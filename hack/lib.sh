@@ -8,10 +8,11 @@ BERTH_CACHE=${BERTH_CACHE:-/var/cache/berth}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$BERTH_CACHE/target}
 BERTH_BIN_DIR=$CARGO_TARGET_DIR/debug
 
-# Debian packages berth builds with (protoc, libclang for bindgen) and runs against in tests.
+# Debian packages berth builds with (protoc, libclang for bindgen) and runs against in tests
+# (apparmor: its parser loads berth's default profile on AppArmor hosts and checks it in tests).
 BERTH_APT_PACKAGES=(
   protobuf-compiler libclang-dev clang gcc libc6-dev pkg-config
-  runc crun
+  runc crun apparmor
   busybox-static nginx-light apache2-utils docker-registry procps util-linux
   iptables nftables iproute2 containernetworking-plugins
 )

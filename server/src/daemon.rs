@@ -118,7 +118,8 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
         node.runtimes
             .iter()
             .map(|(name, bin)| {
-                let facts = LinuxHost::node_facts(bin.features.recursive_read_only_mounts);
+                let facts =
+                    LinuxHost::node_facts(bin.features.recursive_read_only_mounts, node.apparmor);
                 (name.clone(), facts)
             })
             .collect(),

@@ -4,6 +4,7 @@
 //! Wiring lives in [`daemon`]; [`cri`] translates CRI requests; [`config`] and [`cli`] define
 //! the configuration; [`node`] holds facts probed from the host at start.
 
+pub mod apparmor;
 pub mod cgroups;
 pub mod cli;
 pub mod config;

@@ -1,5 +1,6 @@
 //! Facts about this node that berthd probes once at start: the cgroup version, the lowest
-//! oom_score_adj it may give a process, and where each runtime handler's binary is.
+//! oom_score_adj it may give a process, where each runtime handler's binary is, and AppArmor
+//! (berth's default profile is loaded here when the kernel lacks it).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::apparmor::{AppArmor, LinuxAppArmor};
 use crate::config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -114,6 +116,8 @@ pub struct NodeInfo {
     /// requested values are clamped to it (containerd's `restrict_oom_score_adj`).
     pub oom_score_adj_floor: i32,
     pub runtimes: BTreeMap<String, RuntimeBinary>,
+    /// AppArmor in the kernel, and whether berth's default profile is loaded.
+    pub apparmor: AppArmor,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +163,7 @@ impl NodeInfo {
             cgroup_version: CgroupVersion::detect(&mountinfo),
             oom_score_adj_floor: oom.trim().parse().unwrap_or(0),
             runtimes,
+            apparmor: crate::apparmor::prepare(&LinuxAppArmor),
         })
     }
 }

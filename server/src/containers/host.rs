@@ -5,6 +5,7 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::apparmor::AppArmor;
 use crate::containers::spec::NodeFacts;
 use crate::node::CgroupVersion;
 
@@ -107,8 +108,9 @@ fn unescape(s: &str) -> String {
 pub struct LinuxHost;
 
 impl LinuxHost {
-    /// Reads the facts of this node (the runtime's `rro` support is the caller's).
-    pub fn node_facts(rro: bool) -> NodeFacts {
+    /// Reads the facts of this node (the runtime's `rro` support and AppArmor, prepared once
+    /// at start, are the caller's).
+    pub fn node_facts(rro: bool, apparmor: AppArmor) -> NodeFacts {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let cgroup = CgroupVersion::detect(&mountinfo);
         let v2_controllers =
@@ -127,8 +129,7 @@ impl LinuxHost {
         NodeFacts {
             cgroup,
             rro,
-            apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-                .is_ok_and(|s| s.trim() == "Y"),
+            apparmor,
             hugetlb,
             swap,
             bounding: std::fs::read_to_string("/proc/self/status")
@@ -257,7 +258,7 @@ mod tests {
 
     #[test]
     fn node_facts_of_this_host() {
-        let facts = LinuxHost::node_facts(true);
+        let facts = LinuxHost::node_facts(true, AppArmor::Disabled);
         assert!(facts.rro);
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert_eq!(facts.cgroup, CgroupVersion::detect(&mountinfo));

@@ -265,10 +265,14 @@ impl Containers {
 
     /// The node's facts as the spec of a container on runtime handler `handler` needs them.
     fn node_facts(&self, handler: &str) -> NodeFacts {
-        self.facts
-            .get(handler)
-            .copied()
-            .unwrap_or_else(|| LinuxHost::node_facts(false))
+        if let Some(facts) = self.facts.get(handler) {
+            return *facts;
+        }
+        // A handler no longer configured: the node is the same, its runtime unknown.
+        match self.facts.values().next() {
+            Some(any) => NodeFacts { rro: false, ..*any },
+            None => LinuxHost::node_facts(false, crate::apparmor::AppArmor::Disabled),
+        }
     }
 
     /// The init pid of the running container `target` that a `TARGET` pid namespace joins.

@@ -23,6 +23,7 @@ use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
 };
 
+use crate::apparmor::{self, AppArmor};
 use crate::containers::host::Host;
 use crate::containers::seccomp::{self, SeccompError};
 use crate::node::CgroupVersion;
@@ -148,8 +149,8 @@ pub struct NodeFacts {
     pub cgroup: CgroupVersion,
     /// The runtime handler accepts `rro` mounts.
     pub rro: bool,
-    /// AppArmor is enabled in the kernel.
-    pub apparmor: bool,
+    /// AppArmor in the kernel, and berth's default profile.
+    pub apparmor: AppArmor,
     /// A hugetlb cgroup controller exists.
     pub hugetlb: bool,
     /// Memory+swap can be limited (v1 `memory.memsw.*`, v2 `memory.swap.max`).
@@ -164,7 +165,7 @@ impl Default for NodeFacts {
         NodeFacts {
             cgroup: CgroupVersion::V1,
             rro: false,
-            apparmor: false,
+            apparmor: AppArmor::Disabled,
             hugetlb: false,
             swap: false,
             bounding: (1 << KERNEL_CAPABILITIES.len()) - 1,
@@ -903,24 +904,49 @@ fn seccomp_for(
     serde_json::from_value(json).map_err(|e| SpecError::Build(format!("seccomp profile: {e}")))
 }
 
-/// The AppArmor profile of the process. This host decides: without AppArmor, asking for a
-/// named profile is an error (Unconfined and RuntimeDefault mean no profile).
+/// The AppArmor profile of the process, as containerd decides it. Without AppArmor in the
+/// kernel there is none, and a named profile is an error. With it, RuntimeDefault and no
+/// request at all mean berth's default profile (none for a privileged container), and a named
+/// profile must be loaded.
 fn apparmor_for(
     sc: &LinuxContainerSecurityContext,
     node: &NodeFacts,
+    host: &dyn Host,
 ) -> Result<Option<String>, SpecError> {
     #[allow(deprecated)]
     let requested = requested_profile("apparmor", sc.apparmor.as_ref(), &sc.apparmor_profile)?;
+    let AppArmor::Enabled { default_profile } = node.apparmor else {
+        return match requested {
+            Some((ProfileType::Localhost, name)) => Err(SpecError::HostLacks(format!(
+                "apparmor profile {name:?} requested but AppArmor is not enabled on this host"
+            ))),
+            _ => Ok(None),
+        };
+    };
     match requested {
-        None | Some((ProfileType::Unconfined, _)) => Ok(None),
-        Some((ProfileType::RuntimeDefault, _)) if !node.apparmor || sc.privileged => Ok(None),
-        Some((ProfileType::RuntimeDefault, _)) => Err(SpecError::Unsupported(
-            "the RuntimeDefault AppArmor profile on an AppArmor host (berth ships none)".into(),
-        )),
-        Some((ProfileType::Localhost, name)) if !node.apparmor => Err(SpecError::HostLacks(
-            format!("apparmor profile {name:?} requested but AppArmor is not enabled on this host"),
-        )),
-        Some((ProfileType::Localhost, name)) => Ok(Some(name)),
+        Some((ProfileType::Unconfined, _)) => Ok(None),
+        None | Some((ProfileType::RuntimeDefault, _)) if sc.privileged => Ok(None),
+        None | Some((ProfileType::RuntimeDefault, _)) if default_profile => {
+            Ok(Some(apparmor::DEFAULT_PROFILE.to_string()))
+        }
+        // Nothing asked for, and nothing berth can give: as on a host without the parser.
+        None => Ok(None),
+        Some((ProfileType::RuntimeDefault, _)) => Err(SpecError::HostLacks(format!(
+            "the RuntimeDefault AppArmor profile {} could not be loaded when berthd started \
+             (see its log; apparmor_parser comes with the apparmor package)",
+            apparmor::DEFAULT_PROFILE
+        ))),
+        Some((ProfileType::Localhost, name)) => {
+            // An unreadable listing leaves the check to the runtime.
+            match host.read_to_string(Path::new(apparmor::PROFILES_FILE)) {
+                Ok(listing) if !apparmor::profile_loaded(&listing, &name) => {
+                    Err(SpecError::HostLacks(format!(
+                        "apparmor profile {name:?} is not loaded (load it with apparmor_parser)"
+                    )))
+                }
+                _ => Ok(Some(name)),
+            }
+        }
     }
 }
 
@@ -1038,7 +1064,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
 
     let (caps, ambient) = capabilities(&sc, node)?;
     let seccomp = seccomp_for(&sc, &caps, input.host)?;
-    let apparmor = apparmor_for(&sc, node)?;
+    let apparmor = apparmor_for(&sc, node, input.host)?;
     let bounding = oci_capabilities(&caps)?;
     let ambient_set = oci_capabilities(&ambient)?;
     let mut process = ProcessBuilder::default()

@@ -104,6 +104,7 @@ impl Host for FakeHost {
 
     fn read_to_string(&self, path: &Path) -> std::io::Result<String> {
         match path.to_str().unwrap() {
+            crate::apparmor::PROFILES_FILE => Ok("my-profile (enforce)\n".into()),
             "/profiles/block-chmod.json" => Ok(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["chmod","fchmodat"],"action":"SCMP_ACT_ERRNO"}]}"#.into()),
             _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
         }
@@ -804,7 +805,9 @@ fn apparmor_without_apparmor_on_the_host() {
     assert!(matches!(err, SpecError::HostLacks(_)), "{err}");
     assert!(err.to_string().contains("my-profile"), "{err}");
     let apparmor_host = NodeFacts {
-        apparmor: true,
+        apparmor: AppArmor::Enabled {
+            default_profile: true,
+        },
         ..NodeFacts::default()
     };
     let spec = build_on(
@@ -814,14 +817,95 @@ fn apparmor_without_apparmor_on_the_host() {
         &apparmor_host,
     )
     .unwrap();
-    assert_eq!(
-        spec.process()
-            .as_ref()
-            .unwrap()
-            .apparmor_profile()
-            .as_deref(),
-        Some("my-profile")
+    assert_eq!(apparmor_of(&spec), Some("my-profile"));
+}
+
+fn apparmor_of(spec: &Spec) -> Option<&str> {
+    spec.process()
+        .as_ref()
+        .unwrap()
+        .apparmor_profile()
+        .as_deref()
+}
+
+#[test]
+fn apparmor_on_an_apparmor_host() {
+    let img = image(&["/entry"], &[]);
+    let node = |default_profile| NodeFacts {
+        apparmor: AppArmor::Enabled { default_profile },
+        ..NodeFacts::default()
+    };
+    let sc = |t: Option<ProfileType>, r: &str, privileged: bool| {
+        with_security(LinuxContainerSecurityContext {
+            apparmor: t.map(|t| SecurityProfile {
+                profile_type: t as i32,
+                localhost_ref: r.into(),
+            }),
+            privileged,
+            ..Default::default()
+        })
+    };
+    let mut privileged_pod = pod();
+    privileged_pod.privileged = true;
+
+    // RuntimeDefault, and no request at all, mean berth's default profile, as containerd's.
+    for asked in [None, Some(ProfileType::RuntimeDefault)] {
+        let spec = build_on(&sc(asked, "", false), &img, &pod(), &node(true)).unwrap();
+        assert_eq!(apparmor_of(&spec), Some(crate::apparmor::DEFAULT_PROFILE));
+        let spec = build_on(&sc(asked, "", true), &img, &privileged_pod, &node(true)).unwrap();
+        assert_eq!(apparmor_of(&spec), None, "privileged: unconfined");
+    }
+    let spec = build_on(
+        &sc(Some(ProfileType::Unconfined), "", false),
+        &img,
+        &pod(),
+        &node(true),
+    )
+    .unwrap();
+    assert_eq!(apparmor_of(&spec), None);
+    // The deprecated field says the same.
+    #[allow(deprecated)]
+    let old = with_security(LinuxContainerSecurityContext {
+        apparmor_profile: "runtime/default".into(),
+        ..Default::default()
+    });
+    let spec = build_on(&old, &img, &pod(), &node(true)).unwrap();
+    assert_eq!(apparmor_of(&spec), Some(crate::apparmor::DEFAULT_PROFILE));
+
+    // The default profile failed to load: asking for it is refused, not asking runs without.
+    let err = build_on(
+        &sc(Some(ProfileType::RuntimeDefault), "", false),
+        &img,
+        &pod(),
+        &node(false),
+    )
+    .unwrap_err();
+    assert!(matches!(err, SpecError::HostLacks(_)), "{err}");
+    assert!(err.to_string().contains("berth-default"), "{err}");
+    let spec = build_on(&sc(None, "", false), &img, &pod(), &node(false)).unwrap();
+    assert_eq!(apparmor_of(&spec), None);
+
+    // A named profile must be loaded.
+    let err = build_on(
+        &sc(Some(ProfileType::Localhost), "not-loaded", false),
+        &img,
+        &pod(),
+        &node(true),
+    )
+    .unwrap_err();
+    assert!(matches!(err, SpecError::HostLacks(_)), "{err}");
+    assert!(
+        err.to_string().contains("\"not-loaded\" is not loaded"),
+        "{err}"
     );
+    let spec = build_on(
+        &sc(Some(ProfileType::Localhost), "localhost/my-profile", false),
+        &img,
+        &pod(),
+        &node(true),
+    )
+    .unwrap();
+    assert_eq!(apparmor_of(&spec), Some("my-profile"));
 }
 
 fn resources(r: LinuxContainerResources, node: &NodeFacts) -> Result<LinuxResources, SpecError> {

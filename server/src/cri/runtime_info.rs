@@ -188,6 +188,7 @@ mod tests {
                 cgroup_version: CgroupVersion::V1,
                 oom_score_adj_floor: 0,
                 runtimes,
+                apparmor: crate::apparmor::AppArmor::Disabled,
             }),
         }
     }
