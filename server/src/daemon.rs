@@ -26,6 +26,7 @@ use crate::node::{NodeError, NodeInfo};
 use crate::sandbox::linux::{CniNetwork, PinnedNamespaces, prepare_network};
 use crate::sandbox::service::{SandboxDirs, Sandboxes};
 use crate::shims::{ProcessShims, SHIM_BINARY, locate_shim};
+use crate::stats::{HostUsage, Stats};
 use crate::tasks;
 
 /// The CRI socket's mode: kubelet runs as root; a group may be given access.
@@ -87,6 +88,7 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
     let store = Store::open(&config.root.join("meta"))?;
     let snapshots = Arc::new(OverlaySnapshotter::open(config.root.join("snapshots"))?);
     let layers: Arc<dyn LayerStore> = Arc::new(OverlayLayers(snapshots.clone()));
+    let stats_snapshots = snapshots.clone();
     let images = Images::open(
         &config.root,
         store.clone(),
@@ -142,10 +144,21 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
     let task_api = tasks::service(
         containers.clone(),
         sandboxes.clone(),
-        shim_tasks,
+        shim_tasks.clone(),
         shims,
         stopping,
     );
+    let stats = Arc::new(Stats::new(
+        containers.clone(),
+        sandboxes.clone(),
+        Arc::new(HostUsage {
+            probe: shim_tasks.clone(),
+            snapshots: stats_snapshots,
+            snapshot_root: config.root.join("snapshots"),
+            cgroup: node.cgroup_version,
+        }),
+        node.cgroup_version,
+    ));
     let cri = cri::Cri::new(config.clone(), Arc::new(node));
     tracing::info!(socket = %config.socket.display(), version = env!("CARGO_PKG_VERSION"), "berthd ready");
     let shutdown = async move {
@@ -158,7 +171,7 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
     };
     let served = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .add_service(cri::runtime_service(cri, sandboxes, containers))
+        .add_service(cri::runtime_service(cri, sandboxes, containers, stats))
         .add_service(cri::image_service(images))
         .add_service(task_api)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)

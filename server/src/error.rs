@@ -30,6 +30,15 @@ pub enum Error {
     Container(#[from] ContainerError),
 }
 
+impl From<crate::stats::StatsError> for Error {
+    fn from(e: crate::stats::StatsError) -> Error {
+        match e {
+            crate::stats::StatsError::Container(e) => Error::Container(e),
+            crate::stats::StatsError::Sandbox(e) => Error::Sandbox(e),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let code = match &err {

@@ -17,6 +17,7 @@ pub mod node;
 pub mod parallel;
 pub mod sandbox;
 pub mod shims;
+pub mod stats;
 pub mod tasks;
 
 use std::io::IsTerminal;

@@ -12,6 +12,7 @@ mod image_service;
 mod pod_sandbox;
 mod runtime_info;
 mod runtime_service;
+mod stats;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use crate::containers::service::Containers;
 use crate::images::Images;
 use crate::node::NodeInfo;
 use crate::sandbox::service::Sandboxes;
+use crate::stats::Stats;
 
 /// What the CRI handlers need from the daemon, shared by both services.
 pub struct Cri {
@@ -41,8 +43,9 @@ pub fn runtime_service(
     cri: Arc<Cri>,
     sandboxes: Arc<Sandboxes>,
     containers: Arc<Containers>,
+    stats: Arc<Stats>,
 ) -> RuntimeServiceServer<CriRuntime> {
-    RuntimeServiceServer::new(CriRuntime(cri, sandboxes, containers))
+    RuntimeServiceServer::new(CriRuntime(cri, sandboxes, containers, stats))
 }
 
 /// The ImageService half, as a tonic service.
@@ -50,5 +53,5 @@ pub fn image_service(images: Arc<Images>) -> ImageServiceServer<CriImages> {
     ImageServiceServer::new(CriImages(images))
 }
 
-pub struct CriRuntime(Arc<Cri>, Arc<Sandboxes>, Arc<Containers>);
+pub struct CriRuntime(Arc<Cri>, Arc<Sandboxes>, Arc<Containers>, Arc<Stats>);
 pub struct CriImages(Arc<Images>);

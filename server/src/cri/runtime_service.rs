@@ -24,7 +24,7 @@ use berth_proto::cri::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{CriRuntime, containers, pod_sandbox};
+use super::{CriRuntime, containers, pod_sandbox, stats};
 use crate::error::Error;
 
 #[tonic::async_trait]
@@ -169,30 +169,34 @@ impl RuntimeService for CriRuntime {
 
     async fn container_stats(
         &self,
-        _request: Request<ContainerStatsRequest>,
+        request: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        Err(Error::NotImplemented("ContainerStats").into())
+        let resp = stats::container(self.3.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<ListContainerStatsRequest>,
+        request: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        Err(Error::NotImplemented("ListContainerStats").into())
+        let resp = stats::list_containers(self.3.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<PodSandboxStatsRequest>,
+        request: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        Err(Error::NotImplemented("PodSandboxStats").into())
+        let resp = stats::pod(self.3.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<ListPodSandboxStatsRequest>,
+        request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        Err(Error::NotImplemented("ListPodSandboxStats").into())
+        let resp = stats::list_pods(self.3.clone(), request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     async fn update_runtime_config(
