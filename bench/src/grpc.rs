@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 use berth_proto::cri::runtime_service_client::RuntimeServiceClient;
 use berth_proto::cri::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerConfig, LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    LinuxContainerConfig, LinuxPodSandboxConfig, ListContainerStatsRequest,
+    ListPodSandboxStatsRequest, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
@@ -141,5 +142,31 @@ impl CriClient {
                 pod_sandbox_id: id.into(),
             }))?;
         Ok(start.elapsed())
+    }
+
+    /// ListContainerStats of every container: how many came back and how long it took.
+    pub fn list_container_stats(&mut self) -> Result<(usize, Duration)> {
+        let start = Instant::now();
+        let resp = self
+            .rt
+            .block_on(
+                self.client
+                    .list_container_stats(ListContainerStatsRequest::default()),
+            )?
+            .into_inner();
+        Ok((resp.stats.len(), start.elapsed()))
+    }
+
+    /// ListPodSandboxStats of every pod: how many came back and how long it took.
+    pub fn list_pod_stats(&mut self) -> Result<(usize, Duration)> {
+        let start = Instant::now();
+        let resp = self
+            .rt
+            .block_on(
+                self.client
+                    .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default()),
+            )?
+            .into_inner();
+        Ok((resp.stats.len(), start.elapsed()))
     }
 }

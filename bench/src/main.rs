@@ -18,6 +18,9 @@
 //! (default 50), divided by their number. With `--berth-bridge`, berth runs on its own default
 //! network (berth-bridge) while containerd keeps Debian's chain. With `--grpc` the latencies
 //! are CRI calls over one gRPC connection, as kubelet makes them, instead of crictl runs.
+//! Last, stats: `--pods` pods of one running container each on both runtimes, and the median
+//! time of ListContainerStats and of ListPodSandboxStats over gRPC (kubelet's summary polls)
+//! over `--runs` calls, after one untimed call each.
 //!
 //! `recovery` (berth only): `--pods` pods (default 100) with a running container each, kill -9
 //! of berthd, and the time until the restarted berthd answers with every container still
@@ -440,6 +443,8 @@ fn bench_pods(runs: usize, pods: usize, berth_bridge: bool, grpc: bool) -> Resul
         }
     }
 
+    let stats = bench_stats(&runtimes, work.path(), runs, pods)?;
+
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (b_run, c_run) = (
         median(start_times[0].clone()),
@@ -486,7 +491,80 @@ fn bench_pods(runs: usize, pods: usize, berth_bridge: bool, grpc: bool) -> Resul
         pss_per_pod[1],
         pss_per_pod[0] / pss_per_pod[1]
     );
+    println!("stats with {pods} pods of one running container each, over gRPC, medians of {runs}");
+    for (what, [b, c]) in stats {
+        match (b, c) {
+            (Ok(b), Ok(c)) => row(what, b, c),
+            (b, c) => println!("{what:<28} berth {b:?}   containerd {c:?}"),
+        }
+    }
     Ok(())
+}
+
+/// The two list calls kubelet polls for its summary API, with `pods` pods of one running
+/// container each on both runtimes at once; each runtime gets one untimed call first (the
+/// first reading of a container has no CPU rate yet, for either).
+#[allow(clippy::type_complexity)]
+fn bench_stats(
+    runtimes: &[&dyn Runtime; 2],
+    dir: &std::path::Path,
+    runs: usize,
+    pods: usize,
+) -> Result<[(&'static str, [Result<Duration, String>; 2]); 2]> {
+    let mut ids: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for (i, rt) in runtimes.iter().enumerate() {
+        for n in 0..pods {
+            let name = format!("stats-{}-{n}", rt.name());
+            let (id, _) = run_pod(*rt, dir, &name)?;
+            start_container(*rt, dir, &id, &name)?;
+            ids[i].push(id);
+        }
+    }
+    let mut clients = [
+        CriClient::connect(&runtimes[0].socket())?,
+        CriClient::connect(&runtimes[1].socket())?,
+    ];
+    let mut ctr_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut pod_times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut errors: [[Option<String>; 2]; 2] = Default::default();
+    for (i, c) in clients.iter_mut().enumerate() {
+        if let Err(e) = c.list_container_stats() {
+            errors[0][i] = Some(e.to_string());
+        }
+        if let Err(e) = c.list_pod_stats() {
+            errors[1][i] = Some(e.to_string());
+        }
+    }
+    for run in 0..runs {
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            if errors[0][i].is_none() {
+                let (n, t) = clients[i].list_container_stats()?;
+                anyhow::ensure!(n >= pods, "{}: {n} container stats", runtimes[i].name());
+                ctr_times[i].push(t);
+            }
+            if errors[1][i].is_none() {
+                let (n, t) = clients[i].list_pod_stats()?;
+                anyhow::ensure!(n >= pods, "{}: {n} pod stats", runtimes[i].name());
+                pod_times[i].push(t);
+            }
+        }
+    }
+    for (i, rt) in runtimes.iter().enumerate() {
+        for id in &ids[i] {
+            remove_pod(*rt, id)?;
+        }
+    }
+    let result = |times: &[Vec<Duration>; 2], errs: &[Option<String>; 2]| {
+        [0, 1].map(|i| match &errs[i] {
+            Some(e) => Err(e.clone()),
+            None => Ok(median(times[i].clone())),
+        })
+    };
+    Ok([
+        ("ListContainerStats", result(&ctr_times, &errors[0])),
+        ("ListPodSandboxStats", result(&pod_times, &errors[1])),
+    ])
 }
 
 fn bench_recovery(runs: usize, pods: usize) -> Result<()> {
