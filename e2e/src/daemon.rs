@@ -413,6 +413,31 @@ impl Drop for Berthd {
     }
 }
 
+/// The critest busybox image most container tests run.
+pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+/// What a container test starts from: a fresh local registry holding the critest images, and a
+/// berthd (with `options`) that mirrors their registries to it, on its own bridge network
+/// `bridge` with `subnet`, with [`BUSYBOX`] pulled; images pushed to the registry under their
+/// own names pull from it too. The registry must outlive the berthd.
+pub fn berthd_with_busybox(
+    options: BerthdOptions,
+    bridge: &str,
+    subnet: &str,
+) -> Result<(Berthd, Registry)> {
+    berthd_binary()?;
+    let registry = Registry::start()?;
+    crate::testimages::push_critest_images(&registry)?;
+    let berthd = Berthd::start(
+        options
+            .mirror_critest_registries(&registry)
+            .insecure_registry(&registry.host())
+            .bridge_network(bridge, subnet),
+    )?;
+    berthd.crictl_ok(&["pull", BUSYBOX])?;
+    Ok((berthd, registry))
+}
+
 /// The berthd binary: `$BERTHD_BIN`, else `berthd` in the cargo profile dir this test binary
 /// was built into (`<target>/debug/deps/<test>` → `<target>/debug/berthd`).
 pub fn berthd_binary() -> Result<PathBuf> {

@@ -41,6 +41,31 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Unmounts everything at or under a directory when dropped, deepest first (a few rounds, for
+/// mounts that propagated in while the first were going).
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        for _ in 0..4 {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let mut mounts: Vec<PathBuf> = info
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .map(PathBuf::from)
+                .filter(|m| m.starts_with(&self.0))
+                .collect();
+            if mounts.is_empty() {
+                return;
+            }
+            mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+            for m in mounts {
+                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

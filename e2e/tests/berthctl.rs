@@ -8,31 +8,20 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
+use berth_e2e::daemon::{BUSYBOX, Berthd, BerthdOptions, berthd_with_busybox};
 use berth_e2e::fixtures::{path_str as s, wait_for, write_json};
 use berth_e2e::registry::Registry;
-use berth_e2e::testimages::push_critest_images;
 use berth_e2e::tools;
 use serde_json::{Value, json};
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
 fn start() -> Result<(Berthd, Registry)> {
-    berthd_binary()?;
     tools::berthctl()?;
-    let registry = Registry::start()?;
-    push_critest_images(&registry)?;
     let pid = std::process::id();
-    let berthd = Berthd::start(
-        BerthdOptions::default()
-            .mirror_critest_registries(&registry)
-            .bridge_network(
-                &format!("bctl{}", pid % 100_000),
-                &format!("10.225.{}.0/24", pid % 250),
-            ),
-    )?;
-    berthd.crictl_ok(&["pull", BUSYBOX])?;
-    Ok((berthd, registry))
+    berthd_with_busybox(
+        BerthdOptions::default(),
+        &format!("bctl{}", pid % 100_000),
+        &format!("10.225.{}.0/24", pid % 250),
+    )
 }
 
 /// berthctl on `socket`, with stdin closed.

@@ -6,29 +6,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
+use berth_e2e::daemon::{BUSYBOX, Berthd, BerthdOptions, berthd_with_busybox};
 use berth_e2e::fixtures::{mounts_under, path_str as s, wait_for, write_json};
 use berth_e2e::registry::Registry;
-use berth_e2e::testimages::push_critest_images;
 use serde_json::{Value, json};
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
 fn start(test: u8) -> Result<(Berthd, Registry)> {
-    berthd_binary()?;
-    let registry = Registry::start()?;
-    push_critest_images(&registry)?;
     let pid = std::process::id();
-    let berthd = Berthd::start(
-        BerthdOptions::default()
-            .mirror_critest_registries(&registry)
-            .bridge_network(
-                &format!("bc{}t{test}", pid % 100_000),
-                &format!("10.{}.{}.0/24", 240 + test, pid % 250),
-            ),
-    )?;
-    berthd.crictl_ok(&["pull", BUSYBOX])?;
-    Ok((berthd, registry))
+    berthd_with_busybox(
+        BerthdOptions::default(),
+        &format!("bc{}t{test}", pid % 100_000),
+        &format!("10.{}.{}.0/24", 240 + test, pid % 250),
+    )
 }
 
 fn pod_config(dir: &Path, name: &str) -> Result<PathBuf> {

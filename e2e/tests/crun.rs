@@ -11,36 +11,25 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
-use berth_e2e::fixtures::{mounts_under, path_str as s, wait_for, write_json};
+use berth_e2e::daemon::{BUSYBOX, Berthd, BerthdOptions, berthd_with_busybox};
+use berth_e2e::fixtures::{MountGuard, mounts_under, path_str as s, wait_for, write_json};
 use berth_e2e::registry::Registry;
-use berth_e2e::testimages::push_critest_images;
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MsFlags, mount};
 use serde_json::{Value, json};
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 const CRUN: &str = "/usr/bin/crun";
 
 fn start() -> Result<(Berthd, Registry)> {
-    berthd_binary()?;
     ensure!(
         Path::new(CRUN).exists(),
         "{CRUN} is missing (hack/lib.sh installs Debian's crun)"
     );
-    let registry = Registry::start()?;
-    push_critest_images(&registry)?;
     let pid = std::process::id();
-    let berthd = Berthd::start(
-        BerthdOptions::default()
-            .mirror_critest_registries(&registry)
-            .runtime("crun", CRUN)
-            .bridge_network(
-                &format!("bk{}", pid % 100_000),
-                &format!("10.226.{}.0/24", pid % 250),
-            ),
-    )?;
-    berthd.crictl_ok(&["pull", BUSYBOX])?;
-    Ok((berthd, registry))
+    berthd_with_busybox(
+        BerthdOptions::default().runtime("crun", CRUN),
+        &format!("bk{}", pid % 100_000),
+        &format!("10.226.{}.0/24", pid % 250),
+    )
 }
 
 fn inspect(berthd: &Berthd, id: &str) -> Result<Value> {
@@ -248,25 +237,6 @@ fn unified_mounted() -> Result<bool> {
     Ok(info
         .lines()
         .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup/unified")))
-}
-
-/// Unmounts everything at or below a directory, deepest first, when the test ends.
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<PathBuf> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(PathBuf::from)
-            .filter(|m| m.starts_with(&self.0))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-        for m in mounts {
-            let _ = umount2(&m, MntFlags::MNT_DETACH);
-        }
-    }
 }
 
 /// crun runs in a mount namespace of its own on this host; the mounts a container makes in

@@ -10,15 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use berth_e2e::daemon::{Berthd, BerthdOptions, DEBIAN_CNI_BIN_DIR, berthd_binary};
+use berth_e2e::daemon::{BUSYBOX, Berthd, BerthdOptions, DEBIAN_CNI_BIN_DIR, berthd_with_busybox};
 use berth_e2e::fixtures::{mounts_under, path_str as s, wait_for, write_json};
 use berth_e2e::registry::Registry;
-use berth_e2e::testimages::push_critest_images;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
 fn network(test: u8) -> (String, String) {
     let pid = std::process::id();
@@ -29,17 +26,8 @@ fn network(test: u8) -> (String, String) {
 }
 
 fn start(test: u8, options: BerthdOptions) -> Result<(Berthd, Registry)> {
-    berthd_binary()?;
-    let registry = Registry::start()?;
-    push_critest_images(&registry)?;
     let (bridge, subnet) = network(test);
-    let berthd = Berthd::start(
-        options
-            .mirror_critest_registries(&registry)
-            .bridge_network(&bridge, &subnet),
-    )?;
-    berthd.crictl_ok(&["pull", BUSYBOX])?;
-    Ok((berthd, registry))
+    berthd_with_busybox(options, &bridge, &subnet)
 }
 
 fn pod_config(dir: &Path, name: &str) -> Result<PathBuf> {

@@ -6,34 +6,24 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use berth_e2e::daemon::{Berthd, BerthdOptions, berthd_binary};
-use berth_e2e::fixtures::{path_str as s, write_json};
+use berth_e2e::daemon::{BUSYBOX, Berthd, BerthdOptions, berthd_with_busybox};
+use berth_e2e::fixtures::{MountGuard, path_str as s, write_json};
 use berth_e2e::image::{Compression, Image, ImageConfig, LayerBuilder, Meta, Platform};
 use berth_e2e::registry::Registry;
-use berth_e2e::testimages::{self, Content, catalog, push_critest_images};
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use berth_e2e::testimages::{self, Content, catalog};
+use nix::mount::{MsFlags, mount};
 use serde_json::{Value, json};
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 /// containerd's default capability set as a CapBnd mask (bits 0-1, 3-8, 10, 13, 18, 27, 29, 31).
 const DEFAULT_CAPS: &str = "00000000a80425fb";
 
 fn start(test: u8) -> Result<(Berthd, Registry)> {
-    berthd_binary()?;
-    let registry = Registry::start()?;
-    push_critest_images(&registry)?;
     let pid = std::process::id();
-    let berthd = Berthd::start(
-        BerthdOptions::default()
-            .mirror_critest_registries(&registry)
-            .insecure_registry(&registry.host())
-            .bridge_network(
-                &format!("bs{}t{test}", pid % 100_000),
-                &format!("10.{}.{}.0/24", 230 + test, pid % 250),
-            ),
-    )?;
-    berthd.crictl_ok(&["pull", BUSYBOX])?;
-    Ok((berthd, registry))
+    berthd_with_busybox(
+        BerthdOptions::default(),
+        &format!("bs{}t{test}", pid % 100_000),
+        &format!("10.{}.{}.0/24", 230 + test, pid % 250),
+    )
 }
 
 fn pod(berthd: &Berthd, name: &str, linux: Value) -> Result<(String, PathBuf)> {
@@ -316,30 +306,6 @@ fn a_container_sees_its_security_context_and_limits_from_the_inside() -> Result<
 
     berthd.crictl_ok(&["rmp", "-f", &p.0])?;
     Ok(())
-}
-
-/// Unmounts everything at or under a directory when dropped, deepest first.
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        for _ in 0..4 {
-            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            let mut mounts: Vec<PathBuf> = info
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .map(PathBuf::from)
-                .filter(|m| m.starts_with(&self.0))
-                .collect();
-            if mounts.is_empty() {
-                return;
-            }
-            mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-            for m in mounts {
-                let _ = umount2(&m, MntFlags::MNT_DETACH);
-            }
-        }
-    }
 }
 
 fn host_sees(path: &Path) -> bool {
