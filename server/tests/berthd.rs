@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use berth_proto::cri::image_service_client::ImageServiceClient;
 use berth_proto::cri::runtime_service_client::RuntimeServiceClient;
 use berth_proto::cri::{
-    ContainerStatsRequest, CreateContainerRequest, ListImagesRequest, NetworkConfig,
+    ContainerStatsRequest, CreateContainerRequest, ExecRequest, ListImagesRequest, NetworkConfig,
     RunPodSandboxRequest, RuntimeConfig, RuntimeConfigRequest, StatusRequest,
     UpdateRuntimeConfigRequest, VersionRequest,
 };
@@ -308,12 +308,20 @@ async fn serves_version_status_and_runtime_config() {
         .container_stats(ContainerStatsRequest::default())
         .await
         .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "no id");
+    assert!(err.message().contains("container_id"), "{}", err.message());
+    let err = rt
+        .container_stats(ContainerStatsRequest {
+            container_id: "nosuch".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{}", err.message());
+
+    // Streaming has not landed: Unimplemented, never a fake success.
+    let err = rt.exec(ExecRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(
-        err.message().contains("ContainerStats"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("Exec"), "{}", err.message());
 
     let mut images = ImageServiceClient::new(daemon.channel().await);
     let list = images
