@@ -41,6 +41,30 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Makes `dir` a shared mount (bound onto itself, then rshared), as the source of an rshared
+/// or rslave volume must be; the guard unmounts it and whatever propagated below it.
+pub fn shared_mount(dir: &Path) -> Result<MountGuard> {
+    use nix::mount::{MsFlags, mount};
+    let guard = MountGuard(dir.to_path_buf());
+    mount(
+        Some(dir),
+        dir,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mounting {} onto itself", dir.display()))?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| format!("making {} shared", dir.display()))?;
+    Ok(guard)
+}
+
 /// Unmounts everything at or under a directory when dropped, deepest first (a few rounds, for
 /// mounts that propagated in while the first were going).
 pub struct MountGuard(pub PathBuf);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use berth_e2e::daemon::{BUSYBOX, Berthd, BerthdOptions, berthd_with_busybox};
-use berth_e2e::fixtures::{MountGuard, mounts_under, path_str as s, wait_for, write_json};
+use berth_e2e::fixtures::{mounts_under, path_str as s, shared_mount, wait_for, write_json};
 use berth_e2e::registry::Registry;
 use nix::mount::{MsFlags, mount};
 use serde_json::{Value, json};
@@ -248,21 +248,7 @@ fn shared_mounts_of_a_crun_container_reach_the_host() -> Result<()> {
     let shared = berthd.paths().dir.join("shared");
     std::fs::create_dir_all(shared.join("from-host"))?;
     std::fs::create_dir_all(shared.join("from-ctr"))?;
-    let _guard = MountGuard(shared.clone());
-    mount(
-        Some(&shared),
-        &shared,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )?;
-    mount(
-        None::<&str>,
-        &shared,
-        None::<&str>,
-        MsFlags::MS_SHARED | MsFlags::MS_REC,
-        None::<&str>,
-    )?;
+    let _guard = shared_mount(&shared)?;
     let privileged = json!({"security_context": {"privileged": true}});
     let pod = Pod::run(&berthd, "prop", privileged.clone())?;
     let ctr = pod.container(

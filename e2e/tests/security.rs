@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use berth_e2e::daemon::{BUSYBOX, Berthd, BerthdOptions, berthd_with_busybox};
-use berth_e2e::fixtures::{MountGuard, path_str as s, write_json};
+use berth_e2e::fixtures::{path_str as s, shared_mount, write_json};
 use berth_e2e::image::{Compression, Image, ImageConfig, LayerBuilder, Meta, Platform};
 use berth_e2e::registry::Registry;
 use berth_e2e::testimages::{self, Content, catalog};
@@ -329,22 +329,8 @@ fn mounts_propagate_between_host_and_container_as_asked() -> Result<()> {
     std::fs::create_dir_all(shared.join("from-both"))?;
     std::fs::create_dir_all(shared.join("from-slave"))?;
     std::fs::create_dir_all(&private)?;
-    let _guard = MountGuard(shared.clone());
-    // The source must be a shared mount for rshared and rslave: bind it onto itself.
-    mount(
-        Some(&shared),
-        &shared,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )?;
-    mount(
-        None::<&str>,
-        &shared,
-        None::<&str>,
-        MsFlags::MS_SHARED | MsFlags::MS_REC,
-        None::<&str>,
-    )?;
+    // The source must be a shared mount for rshared and rslave.
+    let _guard = shared_mount(&shared)?;
 
     let p = pod(
         &berthd,
