@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Installs crictl and critest (the CRI clients the e2e tests drive) at the version pinned in
-# hack/versions.env, into a cached bin dir, and prints that dir.
+# Installs crictl and critest (the CRI clients the e2e tests drive) into a cached bin dir keyed by
+# version, and prints that dir. Without an argument it installs the version pinned in
+# hack/versions.env (CRI_TOOLS_VERSION); `install-cri-tools.sh VERSION` installs another one
+# (CI runs critest at the pinned and at the newest version, CRI_TOOLS_NEWEST_VERSION).
 #
 # Everything is built from source through the Go module proxy: no prebuilt binary is downloaded.
-# The bin dir is keyed by version, so bumping CRI_TOOLS_VERSION installs beside the old one and
-# the e2e crate (which reads the same versions.env) finds the matching binaries.
+# The bin dir is keyed by version, so bumping a version installs beside the old one and the e2e
+# crate (which reads the same versions.env) finds the matching binaries.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "${here}/versions.env"
-version="${CRI_TOOLS_VERSION:?CRI_TOOLS_VERSION missing from hack/versions.env}"
+version="${1:-${CRI_TOOLS_VERSION:?CRI_TOOLS_VERSION missing from hack/versions.env}}"
 module="sigs.k8s.io/cri-tools"
-bin_dir="${BERTH_GO_BIN:-/var/cache/berth/go-bin/${version}}"
+if [[ $# -eq 0 && -n "${BERTH_GO_BIN:-}" ]]; then
+    bin_dir="${BERTH_GO_BIN}"
+else
+    bin_dir="/var/cache/berth/go-bin/${version}"
+fi
 
 if [[ -x "${bin_dir}/crictl" && -x "${bin_dir}/critest" ]]; then
     echo "${bin_dir}"
