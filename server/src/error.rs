@@ -82,9 +82,10 @@ fn sandbox_code(e: &SandboxError) -> Code {
         }
         SandboxError::NameInUse { .. } => Code::AlreadyExists,
         SandboxError::NotFound(_) => Code::NotFound,
-        SandboxError::Ambiguous(_) | SandboxError::NetworkNotReady(_) | SandboxError::Cgroup(_) => {
-            Code::FailedPrecondition
-        }
+        SandboxError::Ambiguous(_)
+        | SandboxError::NetworkNotReady(_)
+        | SandboxError::Cgroup(_)
+        | SandboxError::Unsupported(_) => Code::FailedPrecondition,
         SandboxError::NetworkSetup { .. }
         | SandboxError::NetworkTeardown { .. }
         | SandboxError::Shim(_) => Code::Unknown,
@@ -102,7 +103,10 @@ fn container_code(e: &ContainerError) -> Code {
             Code::InvalidArgument
         }
         ContainerError::Spec(
-            SpecError::Unsupported(_) | SpecError::HostLacks(_) | SpecError::NoPodPidNamespace(_),
+            SpecError::Unsupported(_)
+            | SpecError::HostLacks(_)
+            | SpecError::NoPodPidNamespace(_)
+            | SpecError::UserNamespace(_),
         ) => Code::FailedPrecondition,
         ContainerError::Spec(_) => Code::InvalidArgument,
         ContainerError::NotFound(_)

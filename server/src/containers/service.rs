@@ -391,14 +391,11 @@ impl Containers {
         let process_config = image_config.config().clone().unwrap_or_default();
         // Checked before any side effect: an empty command is bad input.
         spec::process_args(&config.command, &config.args, &process_config)?;
-        let log_path = if config.log_path.is_empty() {
+        // As containerd: a log path means something only below the pod's log directory; with
+        // either missing the container runs without a log file.
+        let log_path = if config.log_path.is_empty() || pod.record.log_directory.is_empty() {
             None
         } else {
-            if pod.record.log_directory.is_empty() {
-                return Err(ContainerError::InvalidConfig(
-                    "log_path is set but the pod has no log directory".into(),
-                ));
-            }
             Some(
                 confined_join(Path::new(&pod.record.log_directory), &config.log_path).ok_or_else(
                     || {
@@ -512,6 +509,7 @@ impl Containers {
             uts_ns: own_net.then(|| self.sandbox_dirs.ns(id, Namespace::Uts)),
             pid_ns: (pod.record.pid_holder_pid != 0)
                 .then(|| PathBuf::from(format!("/proc/{}/ns/pid", pod.record.pid_holder_pid))),
+            host_pid: opts.pid == node,
             files_dir: self.sandbox_dirs.sandbox(id),
             privileged: linux
                 .security_context

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use berth_proto::cri::security_profile::ProfileType;
 use berth_proto::cri::{
     ContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, MountPropagation,
-    NamespaceMode, SecurityProfile, SupplementalGroupsPolicy,
+    NamespaceMode, NamespaceOption, SecurityProfile, SupplementalGroupsPolicy,
 };
 use oci_spec::image::Config as ImageConfig;
 use oci_spec::runtime::{
@@ -60,9 +60,15 @@ pub enum SpecError {
     Unsupported(String),
     #[error(
         "the container asks for its pod's PID namespace (namespace_options.pid POD) but pod \
-         {0} was created without a shared one"
+         {0} was created without one (by an older berthd); recreate the pod"
     )]
     NoPodPidNamespace(String),
+    #[error(
+        "{0} asks for a user namespace of its own (userns_options mode POD, hostUsers: false): \
+         berth runs pods in the host's user namespace only (every runtime handler reports \
+         user_namespaces false)"
+    )]
+    UserNamespace(String),
     #[error("building the OCI spec: {0}")]
     Build(String),
 }
@@ -184,9 +190,12 @@ pub struct PodContext {
     pub net_ns: Option<PathBuf>,
     pub ipc_ns: Option<PathBuf>,
     pub uts_ns: Option<PathBuf>,
-    /// The PID namespace the pod's containers share (its holder's `/proc/<pid>/ns/pid`);
-    /// `None` when the pod has none.
+    /// The pod's PID namespace (its holder's `/proc/<pid>/ns/pid`); `None` when the pod has
+    /// none: it is on the host's ([`PodContext::host_pid`]), or was made by a berthd that gave
+    /// holders only to pods in `POD` mode.
     pub pid_ns: Option<PathBuf>,
+    /// The pod is on the host's PID namespace (`NODE` mode).
+    pub host_pid: bool,
     /// The pod's `hostname`, `hosts` and `resolv.conf` files.
     pub files_dir: PathBuf,
     /// What the container's `/dev/shm` binds: the pod's shared tmpfs, or the host's
@@ -1009,6 +1018,30 @@ pub fn check_sysctls(
     Ok(())
 }
 
+/// Whether a pod's or container's user namespace request can be honoured; `who` names the pod.
+/// kubelet 1.33+ sends mode NODE for every pod without `hostUsers: false`: the host's user
+/// namespace, which is what every container gets anyway.
+pub fn check_user_namespace(opts: &NamespaceOption, who: &str) -> Result<(), SpecError> {
+    let Some(userns) = &opts.userns_options else {
+        return Ok(());
+    };
+    match NamespaceMode::try_from(userns.mode) {
+        Ok(NamespaceMode::Node) => Ok(()),
+        Ok(NamespaceMode::Pod) => Err(SpecError::UserNamespace(who.to_string())),
+        Ok(other) => Err(invalid(
+            "namespace_options.userns_options.mode",
+            format!(
+                "{} is not a user namespace mode (POD or NODE)",
+                other.as_str_name()
+            ),
+        )),
+        Err(_) => Err(invalid(
+            "namespace_options.userns_options.mode",
+            format!("unknown mode {}", userns.mode),
+        )),
+    }
+}
+
 /// Builds the container's `config.json`; `root.path` is `rootfs` (relative to the bundle).
 pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let config = input.config;
@@ -1025,9 +1058,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     if !config.cdi_devices.is_empty() {
         return Err(SpecError::Unsupported("CDI devices".into()));
     }
-    if ns_options.userns_options.is_some() {
-        return Err(SpecError::Unsupported("user namespaces".into()));
-    }
+    check_user_namespace(&ns_options, &format!("pod {}", pod.id))?;
     let args = process_args(&config.command, &config.args, image)?;
     let envs: Vec<(String, String)> = config
         .envs
@@ -1125,19 +1156,18 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
                     .build()?,
             );
         }
-        NamespaceMode::Pod => {
-            let path = input
-                .pod
-                .pid_ns
-                .as_ref()
-                .ok_or_else(|| SpecError::NoPodPidNamespace(input.pod.id.clone()))?;
-            namespaces.push(
+        // The pod's namespace, whatever the pod's own mode: containerd's containers in POD mode
+        // join the pause container's, which is the host's in a host-PID pod.
+        NamespaceMode::Pod => match (&input.pod.pid_ns, input.pod.host_pid) {
+            (Some(path), _) => namespaces.push(
                 LinuxNamespaceBuilder::default()
                     .typ(LinuxNamespaceType::Pid)
                     .path(path)
                     .build()?,
-            );
-        }
+            ),
+            (None, true) => {}
+            (None, false) => return Err(SpecError::NoPodPidNamespace(input.pod.id.clone())),
+        },
         NamespaceMode::Container => namespaces.push(
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Pid)

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use berth_proto::cri::{
     Capability as CriCapability, ContainerMetadata, Device as CriDevice, HugepageLimit, Int64Value,
     KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext, Mount as CriMount,
-    NamespaceOption,
+    NamespaceOption, UserNamespace,
 };
 use oci_spec::image::ConfigBuilder;
 use oci_spec::runtime::LinuxNamespaceType;
@@ -137,6 +137,7 @@ fn pod() -> PodContext {
         ipc_ns: Some("/run/berth/sandboxes/pod1/ns/ipc".into()),
         uts_ns: Some("/run/berth/sandboxes/pod1/ns/uts".into()),
         pid_ns: Some("/proc/4242/ns/pid".into()),
+        host_pid: false,
         files_dir: "/run/berth/sandboxes/pod1".into(),
         shm: Some("/run/berth/sandboxes/pod1/shm".into()),
         cgroup_parent: String::new(),
@@ -1379,4 +1380,66 @@ fn image_volumes_are_private_rw_binds_of_their_prepared_directories() {
         m.options().clone().unwrap(),
         s(&["rbind", "rprivate", "rw"])
     );
+}
+
+fn with_userns(mode: NamespaceMode) -> ContainerConfig {
+    with_security(LinuxContainerSecurityContext {
+        namespace_options: Some(NamespaceOption {
+            userns_options: Some(UserNamespace {
+                mode: mode as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn user_namespace_node_mode_as_kubelet_sends_it_runs_in_the_host_user_namespace() {
+    let spec = build_with(
+        &with_userns(NamespaceMode::Node),
+        &image(&["/entry"], &[]),
+        &pod(),
+    )
+    .unwrap();
+    let nss = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+    assert!(nss.iter().all(|n| n.typ() != LinuxNamespaceType::User));
+    assert!(spec.linux().as_ref().unwrap().uid_mappings().is_none());
+}
+
+#[test]
+fn user_namespace_pod_mode_is_refused_naming_the_pod_and_other_modes_are_invalid() {
+    let err = build_with(
+        &with_userns(NamespaceMode::Pod),
+        &image(&["/entry"], &[]),
+        &pod(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, SpecError::UserNamespace(_)), "{err}");
+    assert!(err.to_string().contains("pod pod1"), "{err}");
+    assert!(err.to_string().contains("hostUsers: false"), "{err}");
+
+    let err = build_with(
+        &with_userns(NamespaceMode::Target),
+        &image(&["/entry"], &[]),
+        &pod(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, SpecError::InvalidField { .. }), "{err}");
+    assert!(err.to_string().contains("userns_options.mode"), "{err}");
+}
+
+#[test]
+fn pod_pid_mode_in_a_host_pid_pod_is_the_hosts_pid_namespace() {
+    // crictl's hand-written configs leave the container's PID mode at POD (the proto default)
+    // whatever the pod's mode; containerd's container then shares the pause container's.
+    let host_pid = PodContext {
+        pid_ns: None,
+        host_pid: true,
+        ..pod()
+    };
+    let spec = build_with(&config(), &image(&["/entry"], &[]), &host_pid).unwrap();
+    let nss = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+    assert!(nss.iter().all(|n| n.typ() != LinuxNamespaceType::Pid));
 }

@@ -89,7 +89,10 @@ impl Cri {
             name: name.to_string(),
             features: Some(RuntimeHandlerFeatures {
                 recursive_read_only_mounts: bin.features.recursive_read_only_mounts,
-                user_namespaces: bin.features.user_namespaces,
+                // berth gives pods no user namespace yet, whatever the runtime could do: so
+                // kubelet refuses `hostUsers: false` pods at admission instead of retrying
+                // CreateContainer in a loop.
+                user_namespaces: false,
             }),
         };
         let default = self
@@ -177,7 +180,8 @@ mod tests {
                 path: runtime_path,
                 features: RuntimeFeatures {
                     recursive_read_only_mounts: true,
-                    user_namespaces: false,
+                    // What the runtime could do; berth still reports false.
+                    user_namespaces: true,
                 },
                 hide_unified_cgroup: false,
             },

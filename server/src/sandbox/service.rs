@@ -38,6 +38,7 @@ use berth_proto::cri::{NamespaceMode, PodSandboxConfig};
 use berth_store::{SandboxRecord, SandboxState, Store, StoreError};
 use prost::Message;
 
+use crate::containers::spec::SpecError;
 use crate::sandbox::namespaces::{Namespace, NamespaceError};
 
 /// Creates and removes pinned namespaces (`namespaces::pin_new` / `namespaces::remove`).
@@ -237,7 +238,7 @@ impl PodLimits {
 /// Starts, reconnects to and stops per-pod shims (`berth-shim`).
 pub trait ShimLauncher: Send + Sync {
     /// Starts the pod's shim with the OCI runtime `runtime` and connects to it; with
-    /// `share_pid`, the shim also starts the holder of a PID namespace for the whole pod.
+    /// `share_pid`, the shim also starts the holder of a PID namespace of the pod.
     fn start(&self, id: &str, runtime: &Path, share_pid: bool) -> Result<ShimProcess, ShimError>;
     /// Whether the recorded shim process still runs.
     fn alive(&self, id: &str, shim: &ShimProcess) -> bool;
@@ -262,6 +263,9 @@ pub enum SandboxError {
     Ambiguous(String),
     #[error("network is not ready: {0}")]
     NetworkNotReady(String),
+    /// What berth cannot do yet (FailedPrecondition, as for containers).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("setting up the network of pod {id}: {message}")]
     NetworkSetup { id: String, message: String },
     #[error("tearing down the network of pod {id}: {message}")]
@@ -358,8 +362,10 @@ pub struct Sandboxes {
 struct OwnNamespaces {
     net: bool,
     ipc: bool,
-    /// One PID namespace shared by the pod's containers (`POD` mode, kubelet's
-    /// shareProcessNamespace), held by a process of its own.
+    /// A PID namespace of the pod's, held by a process of its own: shared by the containers
+    /// in `POD` mode (kubelet's shareProcessNamespace). A pod in `CONTAINER` mode has one too,
+    /// as containerd's pause container has: a container that asks for `POD` mode there shares
+    /// it with nothing but the holder (and other such containers).
     pid: bool,
 }
 
@@ -373,7 +379,7 @@ fn own_namespaces(config: &PodSandboxConfig) -> OwnNamespaces {
     OwnNamespaces {
         net: opts.is_none_or(|o| o.network != node),
         ipc: opts.is_none_or(|o| o.ipc != node),
-        pid: opts.is_none_or(|o| o.pid == NamespaceMode::Pod as i32),
+        pid: opts.is_none_or(|o| o.pid != node),
     }
 }
 
@@ -489,6 +495,18 @@ impl Sandboxes {
             .clone();
         let own = own_namespaces(&config);
         bandwidth(&config.annotations)?;
+        if let Some(opts) = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+        {
+            let who = format!("pod {}/{}", meta.namespace, meta.name);
+            crate::containers::spec::check_user_namespace(opts, &who).map_err(|e| match e {
+                SpecError::UserNamespace(_) => SandboxError::Unsupported(e.to_string()),
+                other => SandboxError::InvalidConfig(other.to_string()),
+            })?;
+        }
         if let Some(linux) = &config.linux {
             crate::containers::spec::check_sysctls(&linux.sysctls, !own.net, !own.ipc)
                 .map_err(|e| SandboxError::InvalidConfig(e.to_string()))?;

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use berth_proto::cri::{
     DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption,
-    PodSandboxMetadata, PortMapping,
+    PodSandboxMetadata, PortMapping, UserNamespace,
 };
 
 use super::*;
@@ -693,4 +693,72 @@ fn pod_cidrs_reach_the_network_of_later_pods_and_bad_ones_are_refused() {
     f.svc.set_pod_cidrs("").unwrap();
     let plain = f.svc.run(config("plain"), "").unwrap();
     assert!(f.net.attached.lock().unwrap()[&plain].ip_ranges.is_empty());
+}
+
+fn with_namespaces(mut c: PodSandboxConfig, opts: NamespaceOption) -> PodSandboxConfig {
+    c.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(opts),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+#[test]
+fn every_pod_but_a_host_pid_one_gets_a_pid_namespace_holder() {
+    let f = fixture();
+    for (name, mode, holder) in [
+        ("shared", NamespaceMode::Pod, true),
+        ("own", NamespaceMode::Container, true),
+        ("host", NamespaceMode::Node, false),
+    ] {
+        let c = with_namespaces(
+            config(name),
+            NamespaceOption {
+                pid: mode as i32,
+                ..Default::default()
+            },
+        );
+        let id = f.svc.run(c, "").unwrap();
+        let record = f.svc.status(&id).unwrap().record;
+        assert_eq!(record.pid_holder_pid != 0, holder, "{name}");
+    }
+}
+
+#[test]
+fn user_namespace_node_mode_runs_and_pod_mode_is_refused_before_anything_is_made() {
+    let f = fixture();
+    let userns = |name: &str, mode: NamespaceMode| {
+        with_namespaces(
+            config(name),
+            NamespaceOption {
+                userns_options: Some(UserNamespace {
+                    mode: mode as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+    };
+    let id = f
+        .svc
+        .run(userns("kubelet", NamespaceMode::Node), "")
+        .unwrap();
+    f.svc.stop(&id).unwrap();
+    f.svc.remove(&id).unwrap();
+
+    let err = f
+        .svc
+        .run(userns("nohost", NamespaceMode::Pod), "")
+        .unwrap_err();
+    assert!(matches!(err, SandboxError::Unsupported(_)), "{err}");
+    assert!(err.to_string().contains("pod default/nohost"), "{err}");
+    let err = f
+        .svc
+        .run(userns("odd", NamespaceMode::Container), "")
+        .unwrap_err();
+    assert!(matches!(err, SandboxError::InvalidConfig(_)), "{err}");
+    f.assert_nothing_left();
 }
