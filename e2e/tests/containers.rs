@@ -475,7 +475,7 @@ fn an_image_volume_mounts_another_images_content_read_only() -> Result<()> {
             "metadata": {"name": "imgvol"},
             "image": {"image": BUSYBOX},
             "command": ["sleep", "1000"],
-            "mounts": [{"container_path": "/img", "image": {"image": BUSYBOX}}],
+            "mounts": [{"container_path": "/img", "image": {"image": BUSYBOX}, "readonly": true}],
             "log_path": "imgvol/0.log",
             "linux": {},
         }),
@@ -495,7 +495,7 @@ fn an_image_volume_mounts_another_images_content_read_only() -> Result<()> {
             "metadata": {"name": "missing"},
             "image": {"image": BUSYBOX},
             "command": ["true"],
-            "mounts": [{"container_path": "/img", "image": {"image": "example.com/not/pulled:1"}}],
+            "mounts": [{"container_path": "/img", "image": {"image": "example.com/not/pulled:1"}, "readonly": true}],
             "linux": {},
         }),
     )?;
@@ -503,6 +503,26 @@ fn an_image_volume_mounts_another_images_content_read_only() -> Result<()> {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     ensure!(
         !refused.status.success() && stderr.contains("NotFound"),
+        "{stderr}"
+    );
+    // So is a writable one: an image's layers are shared by all its containers.
+    let writable = write_json(
+        &dir,
+        "writable.json",
+        &json!({
+            "metadata": {"name": "writable"},
+            "image": {"image": BUSYBOX},
+            "command": ["true"],
+            "mounts": [{"container_path": "/img", "image": {"image": BUSYBOX}}],
+            "linux": {},
+        }),
+    )?;
+    let refused = berthd.crictl(&["create", &pod, s(&writable)?, s(&pod_cfg)?])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success()
+            && stderr.contains("InvalidArgument")
+            && stderr.contains("read-only"),
         "{stderr}"
     );
 

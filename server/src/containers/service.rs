@@ -699,6 +699,14 @@ impl Containers {
                     m.container_path
                 )));
             }
+            // An image's layers are shared by every container of that image: kubelet always
+            // asks for them read-only, and so does critest's contract.
+            if !m.readonly {
+                return Err(ContainerError::InvalidConfig(format!(
+                    "mount at {}: an image volume is read-only; set readonly: true",
+                    m.container_path
+                )));
+            }
             let (_, config) = self.local_image(reference)?;
             let top = chain_ids(config.rootfs().diff_ids()).pop().ok_or_else(|| {
                 ContainerError::InvalidConfig(format!(

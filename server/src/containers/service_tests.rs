@@ -609,3 +609,22 @@ fn start_stop_and_remove_of_one_container_never_interleave() {
     assert!(f.mounts.mounted.lock().unwrap().is_empty());
     assert!(f.snapshots.active.lock().unwrap().is_empty());
 }
+
+#[test]
+fn a_writable_image_volume_is_refused_before_anything_is_made() {
+    let f = fixture();
+    let mut c = config("imgvol");
+    c.mounts = vec![berth_proto::cri::Mount {
+        container_path: "/img".into(),
+        image: Some(ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        readonly: false,
+        ..Default::default()
+    }];
+    let err = f.containers.create(POD, c).unwrap_err();
+    assert!(matches!(err, ContainerError::InvalidConfig(_)), "{err}");
+    assert!(err.to_string().contains("/img"), "{err}");
+    assert!(f.store.list::<ContainerRecord>().unwrap().is_empty());
+}
