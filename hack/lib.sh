@@ -76,6 +76,13 @@ install_cri_tools() {
   export BERTH_GO_BIN
 }
 
+# The newest cri-tools' critest, which the e2e suite runs beside the pinned one.
+install_newest_critest() {
+  # shellcheck source=versions.env
+  source "$BERTH_REPO/hack/versions.env"
+  "$BERTH_REPO/hack/install-cri-tools.sh" "$CRI_TOOLS_NEWEST_VERSION" >/dev/null
+}
+
 # RocksDB is compiled once per librocksdb-sys version and kept as a static library, so that a
 # change in the dependency graph never recompiles it (ROCKSDB_LIB_DIR makes the -sys crate link
 # the cached library instead of compiling).

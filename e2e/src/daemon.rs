@@ -23,7 +23,7 @@ use crate::cleanup::{
 };
 use crate::process::{LoggedChild, wait_until};
 use crate::registry::Registry;
-use crate::testimages::{GCR_IO, REGISTRY_K8S_IO};
+use crate::testimages::{GCR_IO, K8S_GCR_IO, REGISTRY_K8S_IO};
 use crate::tools;
 
 /// Environment variable naming the berthd binary to test.
@@ -100,13 +100,14 @@ impl BerthdOptions {
         self
     }
 
-    /// Serves `registry.k8s.io` and `gcr.io` from `registry` (plain HTTP), as critest's images
+    /// Serves `registry.k8s.io`, `k8s.gcr.io` and `gcr.io` from `registry` (plain HTTP), as critest's images
     /// are pushed there by [`crate::testimages::push_critest_images`].
     pub fn mirror_critest_registries(self, registry: &Registry) -> Self {
         let url = registry.url();
         self.insecure_registry(&registry.host())
             .registry_mirror(REGISTRY_K8S_IO, &url)
             .registry_mirror(GCR_IO, &url)
+            .registry_mirror(K8S_GCR_IO, &url)
     }
 
     pub fn runtime(mut self, name: &str, path: impl Into<PathBuf>) -> Self {

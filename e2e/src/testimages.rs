@@ -41,6 +41,9 @@ use crate::registry::Registry;
 
 pub const REGISTRY_K8S_IO: &str = "registry.k8s.io";
 pub const GCR_IO: &str = "gcr.io";
+/// The registry's old name; critest 1.37 pulls `pause:3.9` from both to check that one image
+/// pulled under two names is one image.
+pub const K8S_GCR_IO: &str = "k8s.gcr.io";
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Debian's dynamically linked busybox (package `busybox`, unpacked there with
@@ -143,7 +146,7 @@ const CATALOG: &[CatalogEntry] = &[
         Content::NoNewPrivs,
     ),
     // Not pulled by critest itself: the sandbox image containerd 2.x and CRI-O default to.
-    entry(REGISTRY_K8S_IO, "pause", &["3.10"], Content::Pause),
+    entry(REGISTRY_K8S_IO, "pause", &["3.10", "3.9"], Content::Pause),
     CatalogEntry {
         // Already per-architecture upstream (`hostnet-nginx-<arch>`): a plain manifest.
         multi_platform: false,
@@ -920,6 +923,8 @@ mod tests {
             "gcr.io/k8s-staging-cri-tools/test-image-tags:1",
             "gcr.io/k8s-staging-cri-tools/test-image-tags:2",
             "gcr.io/k8s-staging-cri-tools/test-image-tags:3",
+            // critest 1.37 pulls it as k8s.gcr.io/pause:3.9 too, through the same mirror.
+            "registry.k8s.io/pause:3.9",
         ] {
             assert!(
                 refs.iter().any(|r| r == want),

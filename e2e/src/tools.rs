@@ -20,30 +20,46 @@ pub fn cri_tools_version() -> Result<String> {
     pinned_version(VERSIONS_ENV, "CRI_TOOLS_VERSION")
 }
 
+/// The newest cri-tools version the Go module proxy serves (`CRI_TOOLS_NEWEST_VERSION`): CI
+/// runs its critest beside the pinned one.
+pub fn cri_tools_newest_version() -> Result<String> {
+    pinned_version(VERSIONS_ENV, "CRI_TOOLS_NEWEST_VERSION")
+}
+
 /// The directory holding crictl and critest: `$BERTH_GO_BIN`, else
 /// `/var/cache/berth/go-bin/<cri-tools version>`.
 pub fn go_bin_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(GO_BIN_ENV) {
         return Ok(PathBuf::from(dir));
     }
-    Ok(PathBuf::from("/var/cache/berth/go-bin").join(cri_tools_version()?))
+    Ok(versioned_bin_dir(&cri_tools_version()?))
+}
+
+/// Where `hack/install-cri-tools.sh VERSION` puts that version's crictl and critest.
+fn versioned_bin_dir(version: &str) -> PathBuf {
+    PathBuf::from("/var/cache/berth/go-bin").join(version)
 }
 
 /// Path of the pinned crictl; fails with the install command when it is missing.
 pub fn crictl() -> Result<PathBuf> {
-    tool("crictl")
+    tool(go_bin_dir()?, "crictl", "")
 }
 
 /// Path of the pinned critest; fails with the install command when it is missing.
 pub fn critest() -> Result<PathBuf> {
-    tool("critest")
+    tool(go_bin_dir()?, "critest", "")
 }
 
-fn tool(name: &str) -> Result<PathBuf> {
-    let path = go_bin_dir()?.join(name);
+/// Path of critest at `version` (its own bin dir, whatever `$BERTH_GO_BIN` says).
+pub fn critest_at(version: &str) -> Result<PathBuf> {
+    tool(versioned_bin_dir(version), "critest", version)
+}
+
+fn tool(dir: PathBuf, name: &str, version: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
     if !path.is_file() {
         bail!(
-            "{name} not found at {}: run hack/install-cri-tools.sh (or set {GO_BIN_ENV})",
+            "{name} not found at {}: run hack/install-cri-tools.sh {version} (or set {GO_BIN_ENV})",
             path.display()
         );
     }
@@ -204,7 +220,8 @@ mod tests {
     }
 
     #[test]
-    fn the_repository_pins_a_cri_tools_version() {
+    fn the_repository_pins_a_cri_tools_version_and_a_newest_one() {
         assert!(cri_tools_version().unwrap().starts_with('v'));
+        assert!(cri_tools_newest_version().unwrap().starts_with('v'));
     }
 }
