@@ -264,6 +264,49 @@ mod tests {
     }
 
     #[test]
+    fn registries_on_this_machine_try_https_then_http_unless_listed_or_written_http() {
+        let mut c = config(true);
+        c.insecure.push("127.0.0.1:5001".into());
+        c.mirrors.get_mut("registry.k8s.io").unwrap().endpoints = vec![
+            "https://localhost:5000".into(),
+            "http://localhost:5000".into(),
+            "https://[::1]:5000/v2/cache".into(),
+            "https://127.0.0.1:5001".into(),
+            "https://localhost.example:5000".into(),
+        ];
+        let r = ImageRef::parse("registry.k8s.io/pause:3.10").unwrap();
+        let schemes: Vec<(Scheme, bool)> = endpoints(&c, &r)
+            .iter()
+            .map(|e| (e.scheme, e.plain_http))
+            .collect();
+        assert_eq!(
+            schemes,
+            [
+                (Scheme::Local, false),
+                (Scheme::HttpUrl, true),
+                (Scheme::Local, false),
+                (Scheme::Insecure, true),
+                (Scheme::Https, false),
+                (Scheme::Https, false),
+            ]
+        );
+        for (reference, scheme) in [
+            ("127.0.0.1:5000/x", Scheme::Local),
+            ("localhost:5000/x", Scheme::Local),
+            ("localhost/x", Scheme::Local),
+            ("127.0.0.1:5001/x", Scheme::Insecure),
+            ("10.0.0.1:5000/x", Scheme::Insecure),
+            ("127.example/x", Scheme::Https),
+        ] {
+            let r = ImageRef::parse(reference).unwrap();
+            let eps = endpoints(&c, &r);
+            assert_eq!(eps.len(), 1, "{reference}");
+            assert_eq!(eps[0].scheme, scheme, "{reference}");
+            assert_eq!(eps[0].plain_http, scheme == Scheme::Insecure, "{reference}");
+        }
+    }
+
+    #[test]
     fn mirror_paths_read_as_containerd_reads_them() {
         let mut c = config(false);
         c.mirrors.get_mut("registry.k8s.io").unwrap().endpoints = vec![
