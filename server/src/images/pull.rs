@@ -1040,7 +1040,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_plain_http_registry_met_over_tls_says_to_list_it_as_insecure() {
-        use super::super::transport::testing::*;
+        use crate::images::transport::testing::*;
         let server = plain_server(OK).await;
         let dir = tempfile::tempdir().unwrap();
         let images = images(dir.path(), &[]);
@@ -1085,7 +1085,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_tls_registry_listed_as_insecure_says_to_remove_it() {
-        use super::super::transport::testing::*;
+        use crate::images::transport::testing::*;
         // What docker-registry answers, and what a TLS server that answers no HTTP at all
         // leaves the client with.
         for server in [plain_server(GO_TLS_SERVER).await, tls_server(OK).await] {
@@ -1110,7 +1110,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_plain_http_registry_on_this_machine_needs_no_flag() {
-        use super::super::transport::testing::*;
+        use crate::images::transport::testing::*;
         let server = plain_server(NOT_FOUND).await;
         let dir = tempfile::tempdir().unwrap();
         let images = images(dir.path(), &[]);
