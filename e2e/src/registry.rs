@@ -1,8 +1,9 @@
 //! A throwaway OCI registry: Debian's `docker-registry` (distribution 2.8) on a free 127.0.0.1
-//! port, with storage in a temporary directory that is removed on drop.
+//! port, with storage in a temporary directory that is removed on drop; optionally a second one
+//! serving the same storage over TLS with a certificate made by `openssl`.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub struct Registry {
     child: LoggedChild,
     addr: SocketAddr,
     credentials: Option<Credentials>,
+    /// Serves TLS rather than plain HTTP.
+    tls: bool,
     _dir: TempDir,
 }
 
@@ -39,6 +42,7 @@ impl std::fmt::Debug for Registry {
             .field("addr", &self.addr)
             .field("pid", &self.child.pid())
             .field("auth", &self.credentials.is_some())
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -58,9 +62,24 @@ impl Registry {
     }
 
     fn start_inner(credentials: Option<Credentials>) -> Result<Self> {
+        Self::start_attempts(credentials, None, None)
+    }
+
+    /// Another registry on its own 127.0.0.1 port, serving this one's storage over TLS with
+    /// `tls`'s certificate (push through this one: [`Registry::client`] speaks plain HTTP).
+    /// Drop it before this one.
+    pub fn serve_over_tls(&self, tls: &TlsFiles) -> Result<Registry> {
+        Self::start_attempts(None, Some(self._dir.path().join("data")), Some(tls))
+    }
+
+    fn start_attempts(
+        credentials: Option<Credentials>,
+        storage: Option<PathBuf>,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Self> {
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(credentials.clone()) {
+            match Self::try_start(credentials.clone(), storage.clone(), tls) {
                 Ok(registry) => return Ok(registry),
                 Err(e) => last_error = Some(e),
             }
@@ -68,7 +87,11 @@ impl Registry {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("registry was never started")))
     }
 
-    fn try_start(credentials: Option<Credentials>) -> Result<Self> {
+    fn try_start(
+        credentials: Option<Credentials>,
+        storage: Option<PathBuf>,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("berth-registry-")
             .tempdir()
@@ -78,11 +101,9 @@ impl Registry {
             write_htpasswd(&dir.path().join("htpasswd"), &c.user, &c.password)?;
         }
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            config_yaml(dir.path(), addr, credentials.is_some()),
-        )
-        .with_context(|| format!("write {}", config.display()))?;
+        let storage = storage.unwrap_or_else(|| dir.path().join("data"));
+        let yaml = config_yaml(dir.path(), &storage, addr, credentials.is_some(), tls);
+        std::fs::write(&config, yaml).with_context(|| format!("write {}", config.display()))?;
 
         let mut cmd = Command::new(REGISTRY_BIN);
         cmd.arg("serve").arg(&config);
@@ -94,9 +115,12 @@ impl Registry {
             client = client.with_basic_auth(&c.user, &c.password);
         }
         let mut exited = None;
+        // A TLS server answers plain HTTP with 400 ("Client sent an HTTP request to an HTTPS
+        // server"): that it answers so also shows that it speaks TLS.
+        let ready_status = if tls.is_some() { 400 } else { 200 };
         let ready = wait_until(READY_TIMEOUT, || {
             exited = child.exited();
-            exited.is_some() || matches!(client.ping(), Ok(200))
+            exited.is_some() || client.ping().is_ok_and(|s| s == ready_status)
         });
         if let Some(status) = exited {
             bail!(
@@ -123,6 +147,7 @@ impl Registry {
             child,
             addr,
             credentials,
+            tls: tls.is_some(),
             _dir: dir,
         })
     }
@@ -136,9 +161,10 @@ impl Registry {
         self.addr.to_string()
     }
 
-    /// `http://127.0.0.1:PORT`, as a registry mirror endpoint.
+    /// `http://127.0.0.1:PORT` (`https://` when it serves TLS), as a registry mirror endpoint.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// A client for this registry, carrying the credentials if it requires them.
@@ -179,7 +205,92 @@ fn write_htpasswd(path: &Path, user: &str, password: &str) -> Result<()> {
     std::fs::write(path, &out.stdout).with_context(|| format!("write {}", path.display()))
 }
 
-fn config_yaml(dir: &Path, addr: SocketAddr, auth: bool) -> String {
+/// A CA certificate and a server certificate and key it signed, for `localhost` and
+/// `127.0.0.1`, in PEM files.
+#[derive(Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Made with `openssl` in `dir`.
+    pub fn generate(dir: &Path) -> Result<TlsFiles> {
+        let files = TlsFiles {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+        };
+        let ca_key = dir.join("ca.key");
+        let csr = dir.join("server.csr");
+        let ext = dir.join("server.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .with_context(|| format!("write {}", ext.display()))?;
+        let new_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+        ];
+        openssl(
+            Command::new("openssl")
+                .args(["req", "-x509", "-days", "2", "-subj", "/CN=berth e2e CA"])
+                .args(new_key)
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&files.ca),
+        )?;
+        openssl(
+            Command::new("openssl")
+                .args(["req", "-subj", "/CN=localhost"])
+                .args(new_key)
+                .arg(&files.key)
+                .arg("-out")
+                .arg(&csr),
+        )?;
+        openssl(
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "2", "-CAcreateserial", "-in"])
+                .arg(&csr)
+                .arg("-CA")
+                .arg(&files.ca)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .arg("-extfile")
+                .arg(&ext)
+                .arg("-out")
+                .arg(&files.cert),
+        )?;
+        Ok(files)
+    }
+}
+
+fn openssl(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().context("run openssl")?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn config_yaml(
+    dir: &Path,
+    storage: &Path,
+    addr: SocketAddr,
+    auth: bool,
+    tls: Option<&TlsFiles>,
+) -> String {
     // JSON strings are valid YAML scalars: this quotes paths safely.
     let quote = |p: &Path| serde_json::Value::from(p.to_string_lossy()).to_string();
     let mut yaml = format!(
@@ -188,9 +299,16 @@ fn config_yaml(dir: &Path, addr: SocketAddr, auth: bool) -> String {
          storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
          \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
          http:\n  addr: {addr}\n  secret: berth-e2e-{port}\n",
-        root = quote(&dir.join("data")),
+        root = quote(storage),
         port = addr.port(),
     );
+    if let Some(tls) = tls {
+        yaml.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            quote(&tls.cert),
+            quote(&tls.key)
+        ));
+    }
     if auth {
         yaml.push_str(&format!(
             "auth:\n  htpasswd:\n    realm: berth-e2e\n    path: {}\n",
@@ -207,17 +325,45 @@ mod tests {
     #[test]
     fn config_has_storage_addr_delete_and_optional_auth() {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 5123));
-        let open = config_yaml(Path::new("/tmp/r"), addr, false);
+        let open = config_yaml(
+            Path::new("/tmp/r"),
+            Path::new("/tmp/r/data"),
+            addr,
+            false,
+            None,
+        );
         assert!(open.contains("rootdirectory: \"/tmp/r/data\""));
         assert!(open.contains("  addr: 127.0.0.1:5123\n"));
         assert!(open.contains("  delete:\n    enabled: true\n"));
         assert!(open.contains("  maintenance:\n"));
         assert!(!open.contains("htpasswd"));
-        let auth = config_yaml(Path::new("/tmp/r"), addr, true);
+        let auth = config_yaml(
+            Path::new("/tmp/r"),
+            Path::new("/tmp/r/data"),
+            addr,
+            true,
+            None,
+        );
         assert!(
             auth.contains(
                 "auth:\n  htpasswd:\n    realm: berth-e2e\n    path: \"/tmp/r/htpasswd\"\n"
             )
         );
+        let tls = TlsFiles {
+            ca: "/t/ca.crt".into(),
+            cert: "/t/s.crt".into(),
+            key: "/t/s.key".into(),
+        };
+        let with_tls = config_yaml(
+            Path::new("/tmp/r"),
+            Path::new("/x"),
+            addr,
+            false,
+            Some(&tls),
+        );
+        assert!(with_tls.contains("rootdirectory: \"/x\""));
+        assert!(with_tls.contains(
+            "secret: berth-e2e-5123\n  tls:\n    certificate: \"/t/s.crt\"\n    key: \"/t/s.key\"\n"
+        ));
     }
 }

@@ -257,7 +257,8 @@ default_network_name = "berth"
 
 [registry]
 # Registries reached over plain http, as host or host:port (flag: --insecure-registry,
-# repeatable). Every other registry is reached over https.
+# repeatable). A registry on this machine (localhost, 127.0.0.0/8, ::1) needs no entry: it is
+# asked over https first, then over plain http. Every other registry is reached over https.
 insecure = []
 
 # A pull that receives no byte for this many seconds fails instead of hanging

@@ -19,6 +19,7 @@ mod platform;
 mod pull;
 pub mod reference;
 pub mod registry;
+mod transport;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -97,6 +98,8 @@ pub struct Images {
     /// Registry clients by (plain http, credentials), kept for their connections and tokens;
     /// a client only ever carries one set of credentials.
     clients: Mutex<HashMap<(bool, Credentials), oci_client::Client>>,
+    /// Whether registries on this machine speak https or plain HTTP.
+    local_schemes: transport::LocalSchemes,
     /// Serialises read-modify-write of image records (tag moves, untagging).
     records: Mutex<()>,
     /// What pulls in flight use, kept from garbage collection.
@@ -150,6 +153,7 @@ impl Images {
             inflight: Mutex::new(HashMap::new()),
             records: Mutex::new(()),
             clients: Mutex::new(HashMap::new()),
+            local_schemes: transport::LocalSchemes::default(),
             leases: gc::Leases::default(),
             pinned,
         }))

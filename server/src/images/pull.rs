@@ -21,7 +21,8 @@ use super::gc::Lease;
 use super::layers::{StagedLayer, import_chain};
 use super::platform::Platform;
 use super::reference::ImageRef;
-use super::registry::{self, Credentials, Endpoint};
+use super::registry::{self, Credentials, Endpoint, Scheme};
+use super::transport;
 use super::{ImageError, Images};
 
 const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -219,13 +220,16 @@ fn map_oci_error(e: OciDistributionError, r: &ImageRef, ep: &Endpoint) -> ImageE
         } => auth(format!("{url}: {message}")),
         other => ImageError::Registry {
             reference: r.to_string(),
+            detail: match transport::mismatch(&other, ep.plain_http) {
+                Some(m) => transport::mismatch_detail(m, ep),
+                None => error_chain(&other),
+            },
             registry,
-            detail: error_chain(&other),
         },
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {
@@ -248,10 +252,23 @@ impl Images {
         let mut last = None;
         // Given back (dropped) only after the image record is committed: see gc.rs.
         let lease = self.leases.begin();
-        for endpoint in registry::endpoints(&self.registry, &r) {
+        for mut endpoint in registry::endpoints(&self.registry, &r) {
+            let local = endpoint.scheme == Scheme::Local;
+            if local {
+                endpoint.plain_http = self
+                    .local_schemes
+                    .plain_http(&endpoint.host, self.progress_timeout)
+                    .await;
+            }
             let is_mirror = endpoint.mirror;
             let url = endpoint.url();
-            match self.pull_from(&r, endpoint, &credentials, &lease).await {
+            let host = endpoint.host.clone();
+            let pulled = self.pull_from(&r, endpoint, &credentials, &lease).await;
+            if local && matches!(pulled, Err(ImageError::Registry { .. })) {
+                // The registry may have been restarted speaking the other protocol.
+                self.local_schemes.forget(&host);
+            }
+            match pulled {
                 Ok(id) => {
                     tracing::info!(image = %r, id, from = url, elapsed_ms = started.elapsed().as_millis() as u64, "pulled image");
                     return Ok(id);
@@ -1010,6 +1027,109 @@ mod tests {
         assert!(err.to_string().contains(&reference), "{err}");
         assert!(err.to_string().contains("no progress for 1 s"), "{err}");
         silent.abort();
+    }
+
+    fn images(dir: &std::path::Path, insecure: &[&str]) -> Arc<Images> {
+        let registry = crate::config::RegistryConfig {
+            insecure: insecure.iter().map(|h| h.to_string()).collect(),
+            pull_progress_timeout_secs: 10,
+            ..Default::default()
+        };
+        Images::open(dir, berth_store::Store::in_memory(), registry, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plain_http_registry_met_over_tls_says_to_list_it_as_insecure() {
+        use crate::images::transport::testing::*;
+        let server = plain_server(OK).await;
+        let dir = tempfile::tempdir().unwrap();
+        let images = images(dir.path(), &[]);
+        let r = ImageRef::parse(&format!("{}/some/image:v1", server.addr)).unwrap();
+        // As a registry elsewhere is reached: https only.
+        let endpoint = Endpoint {
+            host: server.addr.clone(),
+            repo_prefix: String::new(),
+            scheme: Scheme::Https,
+            plain_http: false,
+            mirror: false,
+        };
+        let lease = images.leases.begin();
+        let err = images
+            .pull_from(&r, endpoint.clone(), &Credentials::Anonymous, &lease)
+            .await
+            .unwrap_err();
+        let want = format!(
+            "registry {0} answered plain HTTP to a TLS handshake; if it serves plain HTTP, list \
+             it with --insecure-registry {0}",
+            server.addr
+        );
+        assert!(
+            matches!(&err, ImageError::Registry { detail, .. } if *detail == want),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&r.to_string()), "{err}");
+
+        let mirror = Endpoint {
+            mirror: true,
+            ..endpoint
+        };
+        let err = images
+            .pull_from(&r, mirror, &Credentials::Anonymous, &lease)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("write its URL with http://"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tls_registry_listed_as_insecure_says_to_remove_it() {
+        use crate::images::transport::testing::*;
+        // What docker-registry answers, and what a TLS server that answers no HTTP at all
+        // leaves the client with.
+        for server in [plain_server(GO_TLS_SERVER).await, tls_server(OK).await] {
+            let dir = tempfile::tempdir().unwrap();
+            let images = images(dir.path(), &[&server.addr]);
+            let reference = format!("{}/some/image:v1", server.addr);
+            let err = images
+                .pull(&reference, Credentials::Anonymous)
+                .await
+                .unwrap_err();
+            let want = format!(
+                "registry {} is listed with --insecure-registry but speaks TLS; remove it from \
+                 the insecure registries",
+                server.addr
+            );
+            assert!(
+                matches!(&err, ImageError::Registry { detail, .. } if *detail == want),
+                "{err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plain_http_registry_on_this_machine_needs_no_flag() {
+        use crate::images::transport::testing::*;
+        let server = plain_server(NOT_FOUND).await;
+        let dir = tempfile::tempdir().unwrap();
+        let images = images(dir.path(), &[]);
+        for host in [
+            server.addr.clone(),
+            server.addr.replace("127.0.0.1", "localhost"),
+        ] {
+            let reference = format!("{host}/some/image:v1");
+            let err = images
+                .pull(&reference, Credentials::Anonymous)
+                .await
+                .unwrap_err();
+            // The registry's own answer, over plain HTTP: no TLS error.
+            assert!(matches!(err, ImageError::NotFound { .. }), "{err}");
+            assert!(
+                err.to_string().contains(&format!("http://{host}/v2/")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

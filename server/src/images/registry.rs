@@ -4,6 +4,7 @@ use base64::Engine as _;
 
 use super::ImageError;
 use super::reference::{DOCKER_HUB, ImageRef};
+use super::transport::is_local_host;
 use crate::config::RegistryConfig;
 
 /// Docker Hub's API host: `docker.io` names the registry, this host serves it.
@@ -18,10 +19,41 @@ pub struct Endpoint {
     /// Prepended to the repository (`<prefix>/<repository>`): a mirror that serves another
     /// registry's images under a path of its own (a proxy-cache project).
     pub repo_prefix: String,
-    /// Plain http instead of https.
+    /// How the protocol is chosen.
+    pub scheme: Scheme,
+    /// Plain http instead of https: as `scheme` says, or for [`Scheme::Local`] as found out.
     pub plain_http: bool,
     /// A mirror rather than the registry the reference names.
     pub mirror: bool,
+}
+
+/// Why an endpoint is reached over https or plain HTTP, which also says what to change when
+/// the registry speaks the other one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// https only: every registry not on this machine and not listed as insecure.
+    Https,
+    /// Plain HTTP: the host is listed as insecure.
+    Insecure,
+    /// Plain HTTP: the mirror's URL says `http://`.
+    HttpUrl,
+    /// A registry on this machine: https or plain HTTP, whichever it answers (see
+    /// [`super::transport`]).
+    Local,
+}
+
+impl Scheme {
+    fn of(config: &RegistryConfig, http_url: bool, hosts: &[&str]) -> Scheme {
+        if http_url {
+            Scheme::HttpUrl
+        } else if hosts.iter().any(|h| is_insecure(config, h)) {
+            Scheme::Insecure
+        } else if hosts.iter().any(|h| is_local_host(h)) {
+            Scheme::Local
+        } else {
+            Scheme::Https
+        }
+    }
 }
 
 impl Endpoint {
@@ -38,7 +70,7 @@ pub fn endpoints(config: &RegistryConfig, reference: &ImageRef) -> Vec<Endpoint>
     let mirror = config.mirrors.get(&reference.domain);
     if let Some(mirror) = mirror {
         for url in &mirror.endpoints {
-            let (plain_http, rest) = match url.strip_prefix("http://") {
+            let (http_url, rest) = match url.strip_prefix("http://") {
                 Some(rest) => (true, rest),
                 None => (false, url.strip_prefix("https://").unwrap_or(url)),
             };
@@ -52,6 +84,7 @@ pub fn endpoints(config: &RegistryConfig, reference: &ImageRef) -> Vec<Endpoint>
                 }
                 _ => (path, ""),
             };
+            let scheme = Scheme::of(config, http_url, &[host]);
             out.push(Endpoint {
                 host: if api_path.is_empty() {
                     host.to_string()
@@ -59,7 +92,8 @@ pub fn endpoints(config: &RegistryConfig, reference: &ImageRef) -> Vec<Endpoint>
                     format!("{host}/{api_path}")
                 },
                 repo_prefix: repo_prefix.to_string(),
-                plain_http: plain_http || is_insecure(config, host),
+                scheme,
+                plain_http: matches!(scheme, Scheme::HttpUrl | Scheme::Insecure),
                 mirror: true,
             });
         }
@@ -70,8 +104,10 @@ pub fn endpoints(config: &RegistryConfig, reference: &ImageRef) -> Vec<Endpoint>
         } else {
             reference.domain.clone()
         };
+        let scheme = Scheme::of(config, false, &[&reference.domain, &host]);
         out.push(Endpoint {
-            plain_http: is_insecure(config, &reference.domain) || is_insecure(config, &host),
+            scheme,
+            plain_http: scheme == Scheme::Insecure,
             host,
             repo_prefix: String::new(),
             mirror: false,
@@ -220,10 +256,54 @@ mod tests {
             [Endpoint {
                 host: "registry-1.docker.io".into(),
                 repo_prefix: String::new(),
+                scheme: Scheme::Https,
                 plain_http: false,
                 mirror: false
             }]
         );
+    }
+
+    #[test]
+    fn registries_on_this_machine_try_https_then_http_unless_listed_or_written_http() {
+        let mut c = config(true);
+        c.insecure.push("127.0.0.1:5001".into());
+        c.mirrors.get_mut("registry.k8s.io").unwrap().endpoints = vec![
+            "https://localhost:5000".into(),
+            "http://localhost:5000".into(),
+            "https://[::1]:5000/v2/cache".into(),
+            "https://127.0.0.1:5001".into(),
+            "https://localhost.example:5000".into(),
+        ];
+        let r = ImageRef::parse("registry.k8s.io/pause:3.10").unwrap();
+        let schemes: Vec<(Scheme, bool)> = endpoints(&c, &r)
+            .iter()
+            .map(|e| (e.scheme, e.plain_http))
+            .collect();
+        assert_eq!(
+            schemes,
+            [
+                (Scheme::Local, false),
+                (Scheme::HttpUrl, true),
+                (Scheme::Local, false),
+                (Scheme::Insecure, true),
+                (Scheme::Https, false),
+                (Scheme::Https, false),
+            ]
+        );
+        for (reference, scheme) in [
+            ("127.0.0.1:5000/x", Scheme::Local),
+            ("localhost:5000/x", Scheme::Local),
+            ("localhost/x", Scheme::Local),
+            ("127.0.0.1:5001/x", Scheme::Insecure),
+            ("10.0.0.1:5000/x", Scheme::Insecure),
+            ("127.example/x", Scheme::Https),
+        ] {
+            let r = ImageRef::parse(reference).unwrap();
+            let eps = endpoints(&c, &r);
+            assert_eq!(eps.len(), 1, "{reference}");
+            assert_eq!(eps[0].scheme, scheme, "{reference}");
+            assert_eq!(eps[0].plain_http, scheme == Scheme::Insecure, "{reference}");
+        }
     }
 
     #[test]
