@@ -1017,12 +1017,11 @@ mod tests {
         let images =
             Images::open(dir.path(), berth_store::Store::in_memory(), registry, None).unwrap();
         let reference = format!("{addr}/stuck/image:v1");
-        let started = Instant::now();
+        // Stalled, not some other error: the progress timeout is what ended the pull.
         let err = images
             .pull(&reference, Credentials::Anonymous)
             .await
             .unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(10));
         assert!(matches!(err, ImageError::Stalled { .. }), "{err}");
         assert!(err.to_string().contains(&reference), "{err}");
         assert!(err.to_string().contains("no progress for 1 s"), "{err}");
