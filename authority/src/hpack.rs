@@ -14,10 +14,11 @@ pub(crate) const REPLACEMENT: &[u8] = b"localhost";
 /// (and so tonic) keeps on the server side.
 pub(crate) const MAX_DYNAMIC_TABLE: usize = 4096;
 
-/// Whether h2 takes this `:authority` as it is. h2 parses it with `http::uri::Authority`; a
-/// percent-encoded value gets through that parser but is still a path, not a host.
+/// Whether h2 takes this `:authority` as it is: h2 parses it with `http::uri::Authority`, which
+/// refuses paths, percent-encoded paths and the empty string. Checking with the same parser keeps
+/// us from rewriting anything h2 would have served.
 pub(crate) fn authority_is_acceptable(value: &[u8]) -> bool {
-    !value.contains(&b'%') && http::uri::Authority::try_from(value).is_ok()
+    http::uri::Authority::try_from(value).is_ok()
 }
 
 /// Appends one header as "literal header field without indexing — new name" (RFC 7541 6.2.2).
