@@ -1,10 +1,9 @@
 //! The client-to-server HTTP/2 stream, frame by frame (RFC 9113 3.4 and 4.1).
 
 use bytes::{Buf, BufMut, BytesMut};
-use loona_hpack::decoder::DecoderError;
 use tokio::io::ReadBuf;
 
-use crate::hpack::{MAX_DYNAMIC_TABLE, REPLACEMENT, authority_is_acceptable, encode_literal};
+use crate::hpack::{Decoder, HpackError, REPLACEMENT, authority_is_acceptable, encode_literal};
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER_LEN: usize = 9;
@@ -35,7 +34,7 @@ pub enum FrameError {
     Hpack {
         stream: u32,
         #[source]
-        source: DecoderError,
+        source: HpackError,
     },
     #[error("connection closed inside an HTTP/2 frame")]
     Truncated,
@@ -86,7 +85,7 @@ pub(crate) struct Rewriter {
     state: State,
     input: BytesMut,
     output: BytesMut,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: Decoder,
     block: Option<Block>,
     /// Set at the first refused authority; from then on every block is re-encoded, because the
     /// server's dynamic table no longer matches the client's.
@@ -105,13 +104,11 @@ impl std::fmt::Debug for Rewriter {
 
 impl Rewriter {
     pub(crate) fn new() -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(MAX_DYNAMIC_TABLE);
         Rewriter {
             state: State::Preface,
             input: BytesMut::new(),
             output: BytesMut::new(),
-            decoder,
+            decoder: Decoder::default(),
             block: None,
             reencoding: false,
             encoded: Vec::new(),
@@ -261,20 +258,24 @@ impl Rewriter {
         let mut refused: Option<Vec<u8>> = None;
         let encoded = &mut self.encoded;
         encoded.clear();
+        // Indexed fields can make a block expand a hundredfold: stop growing past the limit.
+        let mut oversized = false;
         self.decoder
-            .decode_with_cb(&block.fragment, |name, value| {
-                if &*name == b":authority" && !authority_is_acceptable(&value) {
+            .decode(&block.fragment, |name, value| {
+                if encoded.len() > MAX_HEADER_BLOCK {
+                    oversized = true;
+                } else if name == b":authority" && !authority_is_acceptable(value) {
                     refused.get_or_insert_with(|| value.to_vec());
-                    encode_literal(encoded, &name, REPLACEMENT);
+                    encode_literal(encoded, name, REPLACEMENT);
                 } else {
-                    encode_literal(encoded, &name, &value);
+                    encode_literal(encoded, name, value);
                 }
             })
             .map_err(|source| FrameError::Hpack {
                 stream: block.stream,
                 source,
             })?;
-        if self.encoded.len() > MAX_HEADER_BLOCK {
+        if oversized || self.encoded.len() > MAX_HEADER_BLOCK {
             return Err(FrameError::HeaderBlockTooLarge {
                 stream: block.stream,
             });

@@ -10,7 +10,7 @@
 //! `localhost`. Everything else passes through, and the server-to-client direction is untouched.
 //!
 //! To rewrite one header the wrapper has to follow the client's HPACK state: it decodes every
-//! header block (the client's dynamic table lives in its decoder). As long as every authority is
+//! header block (the client's dynamic table lives in its decoder, [`hpack::Decoder`]). As long as every authority is
 //! acceptable the original frames go on byte for byte, so the server's own decoder stays in step
 //! with the client. From the first refused authority on, every header block of the connection is
 //! re-encoded as plain literals that never touch the dynamic table, so the server's table no
@@ -18,7 +18,7 @@
 //! at beyond their 9-byte header; their payloads go straight into the server's read buffer.
 
 mod frames;
-mod hpack;
+pub mod hpack;
 
 use std::io;
 use std::pin::Pin;
