@@ -15,6 +15,7 @@ BERTH_APT_PACKAGES=(
   runc crun apparmor
   busybox-static nginx-light apache2-utils docker-registry procps util-linux
   iptables nftables iproute2 containernetworking-plugins
+  python3-grpcio
 )
 
 # Toolchains installed the usual ways, in case the caller's PATH lacks them (sudo, CI).

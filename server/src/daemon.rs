@@ -7,10 +7,12 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berth_authority::AuthorityFix;
 use berth_snapshotter::{OverlaySnapshotter, SnapshotError};
 use berth_store::{SandboxRecord, Store, StoreError};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
@@ -169,12 +171,15 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
         // Ends the task API's pending waits, which would hold the graceful shutdown.
         let _ = stopping_tx.send(true);
     };
+    // Clients that send the socket path as :authority (old grpc-go, so kubelet < 1.30 and crictl
+    // 1.29; grpc-java; grpcio) would get RST_STREAM from h2 without the rewrite.
+    let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new));
     let served = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(cri::runtime_service(cri, sandboxes, containers, stats))
         .add_service(cri::image_service(images))
         .add_service(task_api)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(&config.socket) {
         tracing::warn!(socket = %config.socket.display(), error = %e, "cannot remove socket");
