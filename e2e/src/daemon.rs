@@ -9,6 +9,7 @@
 //! options; delete the directory.
 
 use std::ffi::OsString;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -479,8 +480,14 @@ fn prepare_files(paths: &BerthdPaths, options: &BerthdOptions) -> Result<()> {
             paths.socket.display()
         );
     }
+    // berthd refuses a root or state dir that group or others may write; an explicit mode
+    // keeps that true under any umask.
     for dir in [&paths.root, &paths.state, &paths.cni_conf_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("create {}", dir.display()))?;
     }
     std::fs::write(&paths.config, &options.config)
         .with_context(|| format!("write {}", paths.config.display()))?;

@@ -3,13 +3,15 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_authority::AuthorityFix;
 use berth_snapshotter::{OverlaySnapshotter, SnapshotError};
 use berth_store::{SandboxRecord, Store, StoreError};
+use nix::sys::stat::{Mode, umask};
+use nix::unistd::{getegid, geteuid};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::StreamExt;
@@ -33,6 +35,10 @@ use crate::tasks;
 
 /// The CRI socket's mode: kubelet runs as root; a group may be given access.
 const SOCKET_MODE: u32 = 0o660;
+/// The mode berthd creates its root and state dirs with: only root writes there, and others may
+/// traverse them, as runc needs to reach a bundle from inside a user namespace (containerd
+/// uses the same).
+const DIR_MODE: u32 = 0o711;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -40,6 +46,19 @@ pub enum StartError {
     CreateDir {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("{what} {path} is writable by group or others (mode {mode:04o}); run chmod go-w on it")]
+    DirWritableByOthers {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
+    #[error("{what} {path} is owned by uid {owner}, not by berthd's uid {uid}; chown it")]
+    DirNotOwned {
+        what: &'static str,
+        path: PathBuf,
+        owner: u32,
+        uid: u32,
     },
     #[error(
         "root {root} is locked by another berthd ({holder}); stop it or start with another --root"
@@ -77,8 +96,8 @@ pub enum StartError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(mut config: Config) -> Result<(), StartError> {
-    create_dir(&config.root, 0o711)?;
-    create_dir(&config.state, 0o711)?;
+    private_dir("root", &config.root)?;
+    private_dir("state", &config.state)?;
     let _root_lock = lock_root(&config.root)?;
     let node = NodeInfo::probe(&config)?;
     tracing::info!(
@@ -263,6 +282,44 @@ async fn sandboxes(
     (sandboxes, shims)
 }
 
+/// Creates berthd's root or state dir, or checks an existing one: whoever else can write there
+/// can swap the metadata, the snapshots or the shim sockets under berthd, which acts on them as
+/// root.
+fn private_dir(what: &'static str, path: &Path) -> Result<(), StartError> {
+    create_dir(path, DIR_MODE)?;
+    // Followed: a root that is a symlink to a data disk is a common and safe set-up.
+    let meta = std::fs::metadata(path).map_err(|source| StartError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check_private(what, path, &meta, geteuid().as_raw())
+}
+
+fn check_private(
+    what: &'static str,
+    path: &Path,
+    meta: &std::fs::Metadata,
+    uid: u32,
+) -> Result<(), StartError> {
+    if meta.uid() != uid {
+        return Err(StartError::DirNotOwned {
+            what,
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            uid,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(StartError::DirWritableByOthers {
+            what,
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 fn create_dir(path: &Path, mode: u32) -> Result<(), StartError> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -342,9 +399,18 @@ fn bind_socket(path: &Path) -> Result<UnixListener, StartError> {
         Err(e) => return Err(sock_err(e)),
     }
     if let Some(parent) = path.parent() {
-        create_dir(parent, 0o711)?;
+        create_dir(parent, DIR_MODE)?;
     }
-    let listener = UnixListener::bind(path).map_err(sock_err)?;
+    // bind creates the socket with 0777 less the umask, and a client that connects before the
+    // mode and owner are set keeps its connection: bind with only the owner let in. The umask
+    // is the process's, so another thread creating a file meanwhile makes it private at worst.
+    let previous = umask(Mode::from_bits_truncate(0o077));
+    let bound = UnixListener::bind(path);
+    umask(previous);
+    let listener = bound.map_err(sock_err)?;
+    // A setgid state dir would otherwise hand its group to the socket.
+    std::os::unix::fs::chown(path, Some(geteuid().as_raw()), Some(getegid().as_raw()))
+        .map_err(sock_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
         .map_err(sock_err)?;
     Ok(listener)
@@ -382,8 +448,12 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
         let live = bind_socket(&path).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, SOCKET_MODE);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, SOCKET_MODE);
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (geteuid().as_raw(), getegid().as_raw())
+        );
 
         let err = bind_socket(&path).unwrap_err();
         assert!(matches!(err, StartError::SocketInUse { .. }), "{err}");
@@ -401,5 +471,53 @@ mod tests {
             path.exists(),
             "a file that is not a socket is never removed"
         );
+    }
+
+    #[test]
+    fn root_writable_by_others_is_refused_with_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        for mode in [0o777, 0o775, 0o757, 0o1777] {
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = private_dir("root", &root).unwrap_err();
+            assert!(
+                matches!(err, StartError::DirWritableByOthers { mode: m, .. } if m == mode),
+                "{err}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains(&root.display().to_string()), "{msg}");
+            assert!(msg.contains(&format!("{mode:04o}")), "{msg}");
+        }
+        for mode in [0o755, 0o711, 0o700] {
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode)).unwrap();
+            private_dir("root", &root).unwrap();
+        }
+    }
+
+    #[test]
+    fn dir_owned_by_someone_else_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = std::fs::metadata(dir.path()).unwrap();
+        let other = meta.uid() + 1;
+        let err = check_private("state", dir.path(), &meta, other).unwrap_err();
+        assert!(matches!(err, StartError::DirNotOwned { .. }), "{err}");
+        assert!(err.to_string().starts_with("state "), "{err}");
+        check_private("state", dir.path(), &meta, meta.uid()).unwrap();
+    }
+
+    #[test]
+    fn missing_dirs_are_created_private_and_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/state");
+        private_dir("state", &state).unwrap();
+        for path in [dir.path().join("a"), state] {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o022, 0, "{} is {mode:o}", path.display());
+        }
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let err = private_dir("root", &file).unwrap_err();
+        assert!(matches!(err, StartError::CreateDir { .. }), "{err}");
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -75,7 +76,11 @@ impl Daemon {
     }
 
     fn start_at(d: &Dirs, root: &Path, socket: &Path) -> Daemon {
-        let child = berthd(&d.config, root, &d.state, socket)
+        Daemon::spawn(berthd(&d.config, root, &d.state, socket), socket)
+    }
+
+    fn spawn(mut cmd: Command, socket: &Path) -> Daemon {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -231,6 +236,78 @@ fn restart_after_sigkill_replaces_the_stale_socket() {
     let mut second = Daemon::start(&d);
     let status = second.signal_and_wait(Signal::SIGINT);
     assert!(status.success(), "clean exit on SIGINT: {status}");
+}
+
+/// `cmd` run with umask 000, so that every mode berthd ends up with is one it set itself.
+fn without_umask(cmd: &Command) -> Command {
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c")
+        .arg("umask 000 && exec \"$0\" \"$@\"")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    sh
+}
+
+fn assert_socket_is_root_0660(socket: &Path) {
+    let meta = std::fs::metadata(socket).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o660,
+        "{}",
+        socket.display()
+    );
+    assert_eq!((meta.uid(), meta.gid()), (0, 0), "{}", socket.display());
+}
+
+#[test]
+fn socket_is_0660_root_after_start_and_after_replacing_a_stale_one() {
+    let d = dirs();
+    let mut first = Daemon::spawn(
+        without_umask(&berthd(&d.config, &d.root, &d.state, &d.socket)),
+        &d.socket,
+    );
+    assert_socket_is_root_0660(&d.socket);
+    for dir in [&d.root, &d.state] {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o711, "{} created under umask 000", dir.display());
+    }
+    first.signal_and_wait(Signal::SIGKILL);
+    assert!(d.socket.exists(), "a killed daemon leaves its socket");
+
+    let mut second = Daemon::spawn(
+        without_umask(&berthd(&d.config, &d.root, &d.state, &d.socket)),
+        &d.socket,
+    );
+    assert_socket_is_root_0660(&d.socket);
+    assert!(second.signal_and_wait(Signal::SIGTERM).success());
+}
+
+#[test]
+fn root_or_state_writable_by_others_refuses_to_start() {
+    let d = dirs();
+    for (dir, what) in [(&d.root, "root"), (&d.state, "state")] {
+        std::fs::create_dir_all(&d.root).unwrap();
+        std::fs::create_dir_all(&d.state).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = run(&mut berthd(&d.config, &d.root, &d.state, &d.socket));
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        let line = err.trim().lines().last().unwrap();
+        assert!(
+            line.starts_with(&format!("berthd: {what} {}", dir.display())),
+            "{err}"
+        );
+        assert!(
+            line.contains("writable by group or others (mode 0777)"),
+            "{err}"
+        );
+        assert!(!d.socket.exists(), "no socket is served");
+        assert!(!d.root.join("meta").exists(), "no store is opened");
+
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut daemon = Daemon::start(&d);
+    assert!(daemon.signal_and_wait(Signal::SIGTERM).success());
 }
 
 #[tokio::test]
