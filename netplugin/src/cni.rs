@@ -656,6 +656,27 @@ pub fn result_ips(result: &Value) -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    /// What berthd makes of bytes a plugin printed or a cache file held: a result's addresses,
+    /// a failed plugin's message, a cached configuration list.
+    pub fn plugin_output(bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let _ = error_message(&text, &text, std::process::ExitStatus::from_raw(1 << 8));
+        if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
+            let _ = result_ips(&value);
+            if let Some(config) = value.get("config") {
+                let _ = cached_config(config, std::path::Path::new("fuzz"));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,13 +83,19 @@ pub fn load_file(path: &Path) -> Result<NetworkConfigList, ConfError> {
         path: path.to_path_buf(),
         source,
     })?;
+    parse_file(path, &bytes)
+}
+
+/// Validates the content of a configuration file; `path`'s extension tells a `.conflist` from
+/// a single-plugin config.
+pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<NetworkConfigList, ConfError> {
     let invalid = |message: String| ConfError::Invalid {
         path: path.to_path_buf(),
         message,
     };
-    let raw: RawList = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let raw: RawList = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
     let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
     let is_list = path.extension().and_then(|e| e.to_str()) == Some("conflist");
     let plugins = match (is_list, raw.plugins) {
         (true, Some(plugins)) => plugins,

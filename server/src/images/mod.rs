@@ -12,6 +12,8 @@
 //! image config JSON.
 
 pub mod content;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc;
 pub mod layers;
 mod oauth;
