@@ -38,6 +38,12 @@ const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 /// Symlinks followed while resolving one path before giving up (Linux allows 40).
 const MAX_SYMLINKS: usize = 255;
+/// Tar entries one layer may hold. The largest real layers (a full distribution, a Python or
+/// Node tree) hold a few hundred thousand files; a million empty files cost an ext4 node of
+/// 100 GiB a sixth of its inodes, from a layer of a few MiB.
+pub const MAX_ENTRIES: u64 = 1_000_000;
+/// The longest entry path or link target, in bytes: Linux's `PATH_MAX`.
+pub const MAX_PATH_BYTES: usize = 4096;
 
 /// What an applied layer held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,6 +73,15 @@ pub enum ApplyError {
     },
     #[error("layer entry {entry}: invalid whiteout")]
     InvalidWhiteout { entry: PathBuf },
+    #[error("layer holds more than {MAX_ENTRIES} tar entries")]
+    TooManyEntries,
+    #[error("layer entry {entry}...: {what} of {len} bytes, longer than {MAX_PATH_BYTES}")]
+    PathTooLong {
+        /// The first bytes of the path.
+        entry: String,
+        what: &'static str,
+        len: usize,
+    },
 }
 
 /// Applies the uncompressed layer tar read from `reader` to `dest`, an overlay upper directory.
@@ -79,6 +94,10 @@ pub fn apply_layer<R: Read>(reader: R, dest: &Path) -> Result<ApplyStats, ApplyE
     for entry in archive.entries().map_err(ApplyError::Read)? {
         let mut entry = entry.map_err(ApplyError::Read)?;
         stats.entries += 1;
+        if stats.entries > MAX_ENTRIES {
+            return Err(ApplyError::TooManyEntries);
+        }
+        check_length(&entry)?;
         let name = entry.path().map_err(ApplyError::Read)?.into_owned();
         let wrap = |source: io::Error| ApplyError::Entry {
             entry: name.clone(),
@@ -228,6 +247,25 @@ pub fn apply_layer<R: Read>(reader: R, dest: &Path) -> Result<ApplyStats, ApplyE
         })?;
     }
     Ok(stats)
+}
+
+/// Refuses an entry whose path or link target is longer than the kernel takes.
+fn check_length<R: Read>(entry: &tar::Entry<'_, R>) -> Result<(), ApplyError> {
+    let path = entry.path_bytes();
+    let too_long = |what, len| ApplyError::PathTooLong {
+        entry: String::from_utf8_lossy(&path[..path.len().min(64)]).into_owned(),
+        what,
+        len,
+    };
+    if path.len() > MAX_PATH_BYTES {
+        return Err(too_long("path", path.len()));
+    }
+    if let Some(target) = entry.link_name_bytes()
+        && target.len() > MAX_PATH_BYTES
+    {
+        return Err(too_long("link target", target.len()));
+    }
+    Ok(())
 }
 
 /// The metadata of an entry, PAX records applied.

@@ -14,6 +14,7 @@
 pub mod content;
 mod gc;
 pub mod layers;
+mod limits;
 mod oauth;
 mod platform;
 mod pull;
@@ -67,6 +68,10 @@ pub enum ImageError {
     DigestMismatch { blob: String, actual: String },
     #[error("{0}")]
     Malformed(String),
+    /// The registry sent more than berth reads: an oversized manifest or config, a blob
+    /// longer than its descriptor, a decompression bomb, too many layers.
+    #[error("{0}")]
+    Limit(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("image storage: {0}")]
@@ -92,6 +97,9 @@ pub struct Images {
     layers: Option<Arc<dyn LayerStore>>,
     registry: RegistryConfig,
     progress_timeout: Duration,
+    layer_limits: limits::LayerLimits,
+    /// The HTTP client for the bodies berth reads itself to bound them: manifests, indexes.
+    http: Mutex<Option<reqwest::Client>>,
     /// Pulls in flight, by reference and credentials: a second pull of the same image waits for
     /// the first instead of downloading again.
     inflight: Mutex<HashMap<(String, Credentials), PullFuture>>,
@@ -149,6 +157,8 @@ impl Images {
             content: Arc::new(content),
             layers,
             progress_timeout: Duration::from_secs(registry.pull_progress_timeout_secs.max(1)),
+            layer_limits: limits::LayerLimits::from_config(&registry),
+            http: Mutex::new(None),
             registry,
             inflight: Mutex::new(HashMap::new()),
             records: Mutex::new(()),

@@ -9,16 +9,21 @@ use berth_store::ImageRecord;
 use bytes::{Buf, Bytes};
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
-use oci_client::{Client, Reference};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-use super::content::{ContentStore, Ingest, hex};
+use super::content::{ContentStore, Ingest, hex, sha256_digest};
 use super::gc::Lease;
 use super::layers::{StagedLayer, import_chain};
+use super::limits::{
+    BodyError, Budget, CountingReader, LayerLimits, MAX_CONFIG_BYTES, MAX_LAYERS,
+    MAX_MANIFEST_BYTES, MAX_SMALL_BODY_BYTES, read_body,
+};
 use super::platform::Platform;
 use super::reference::ImageRef;
 use super::registry::{self, Credentials, Endpoint, Scheme};
@@ -105,8 +110,13 @@ struct Ctx {
     endpoint: Endpoint,
     oref: Reference,
     client: Client,
-    auth: oci_client::secrets::RegistryAuth,
+    auth: RegistryAuth,
     timeout: Duration,
+    layer_limits: LayerLimits,
+    /// For the manifests, which berth fetches itself to bound them.
+    http: reqwest::Client,
+    /// What berth's own requests carry, from [`Ctx::authorize`].
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl Ctx {
@@ -122,35 +132,201 @@ impl Ctx {
         map_oci_error(e, &self.reference, &self.endpoint)
     }
 
-    /// Fetches a manifest (by the reference, or by `digest`) with its digest.
+    /// Asks the registry how to authenticate (a token from its token server, basic
+    /// credentials, or nothing) once per endpoint; the client keeps the token for the blobs.
+    async fn authorize(&mut self) -> Result<(), ImageError> {
+        let token = tokio::time::timeout(
+            self.timeout,
+            self.client
+                .auth(&self.oref, &self.auth, RegistryOperation::Pull),
+        )
+        .await
+        .map_err(|_| self.stalled("the registry's authentication challenge or token"))?
+        .map_err(|e| self.map_err(e))?;
+        use base64::Engine as _;
+        let value = match (token, &self.auth) {
+            (Some(token), _) => Some(format!("Bearer {token}")),
+            (None, RegistryAuth::Basic(user, password)) => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            )),
+            (None, _) => None,
+        };
+        self.authorization = value
+            .map(|v| {
+                let mut v = reqwest::header::HeaderValue::from_str(&v).map_err(|_| {
+                    ImageError::AuthFailed {
+                        reference: self.reference.to_string(),
+                        registry: self.endpoint.url(),
+                        detail: "the token server answered a token that is no header value".into(),
+                    }
+                })?;
+                v.set_sensitive(true);
+                Ok::<_, ImageError>(v)
+            })
+            .transpose()?;
+        Ok(())
+    }
+
+    /// Fetches a manifest (by the reference, or by `digest`) with its digest, reading at most
+    /// [`MAX_MANIFEST_BYTES`] of it.
     async fn manifest(&self, digest: Option<&str>) -> Result<(Vec<u8>, String), ImageError> {
         let oref = match digest {
             Some(d) => self.oref.clone_with_digest(d.to_string()),
             None => self.oref.clone(),
         };
         let what = format!("the manifest {}", digest.unwrap_or("of the reference"));
-        let (body, digest) = tokio::time::timeout(
-            self.timeout,
-            self.client
-                .pull_manifest_raw(&oref, &self.auth, ACCEPTED_MANIFESTS),
-        )
-        .await
-        .map_err(|_| self.stalled(&what))?
-        .map_err(|e| self.map_err(e))?;
-        Ok((body.to_vec(), digest))
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}{}",
+            if self.endpoint.plain_http {
+                "http"
+            } else {
+                "https"
+            },
+            oref.resolve_registry(),
+            oref.repository(),
+            oref.digest().or(oref.tag()).unwrap_or("latest"),
+            oref.namespace()
+                .map(|ns| format!("?ns={ns}"))
+                .unwrap_or_default(),
+        );
+        let mut request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
+        if let Some(authorization) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization.clone());
+        }
+        let resp = tokio::time::timeout(self.timeout, request.send())
+            .await
+            .map_err(|_| self.stalled(&what))?
+            .map_err(|e| self.map_err(OciDistributionError::RequestError(e)))?;
+        let status = resp.status();
+        let announced = resp
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .filter(|d| d.starts_with("sha256:"))
+            .map(str::to_string);
+        if !status.is_success() {
+            let body = read_body(resp, MAX_SMALL_BODY_BYTES, self.timeout)
+                .await
+                .unwrap_or_default();
+            return Err(self.map_err(status_error(status, &body, &url)));
+        }
+        let body = match read_body(resp, MAX_MANIFEST_BYTES, self.timeout).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                return Err(ImageError::Limit(format!(
+                    "pulling {}: {what} is larger than {MAX_MANIFEST_BYTES} bytes",
+                    self.reference
+                )));
+            }
+            Err(BodyError::Stalled) => return Err(self.stalled(&what)),
+            Err(BodyError::Http(e)) => {
+                return Err(self.map_err(OciDistributionError::RequestError(e)));
+            }
+        };
+        let actual = sha256_digest(&body);
+        for expected in digest.map(str::to_string).into_iter().chain(announced) {
+            if expected != actual {
+                return Err(ImageError::DigestMismatch {
+                    blob: expected,
+                    actual,
+                });
+            }
+        }
+        Ok((body, actual))
     }
 
-    async fn small_blob(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
-        let mut out = Vec::with_capacity(desc.size as usize);
-        tokio::time::timeout(
+    /// Fetches the image config, at most [`MAX_CONFIG_BYTES`] and never more than its
+    /// descriptor says.
+    async fn config_blob(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
+        if desc.size > MAX_CONFIG_BYTES {
+            return Err(ImageError::Limit(format!(
+                "pulling {}: image config {} is {} bytes, more than {MAX_CONFIG_BYTES}",
+                self.reference, desc.digest, desc.size
+            )));
+        }
+        let mut out = BoundedBuffer {
+            data: Vec::with_capacity(usize::try_from(desc.size).unwrap_or(0)),
+            max: desc.size,
+            overflowed: false,
+        };
+        let fetched = tokio::time::timeout(
             self.timeout,
             self.client
                 .pull_blob(&self.oref, &oci_descriptor(desc), &mut out),
         )
         .await
-        .map_err(|_| self.stalled(&format!("blob {}", desc.digest)))?
-        .map_err(|e| self.map_err(e))?;
-        Ok(out)
+        .map_err(|_| self.stalled(&format!("blob {}", desc.digest)))?;
+        if out.overflowed {
+            return Err(self.longer_than_descriptor("image config", desc));
+        }
+        fetched.map_err(|e| self.map_err(e))?;
+        Ok(out.data)
+    }
+
+    fn longer_than_descriptor(&self, what: &str, desc: &Descriptor) -> ImageError {
+        ImageError::Limit(format!(
+            "pulling {}: the registry sent more of {what} {} than the {} bytes its descriptor \
+             gives",
+            self.reference, desc.digest, desc.size
+        ))
+    }
+}
+
+/// What a registry's error answer means, as the registry client reports it.
+fn status_error(status: reqwest::StatusCode, body: &[u8], url: &str) -> OciDistributionError {
+    let url = url.to_string();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return OciDistributionError::UnauthorizedError { url };
+    }
+    if status.is_client_error()
+        && let Ok(envelope) = serde_json::from_slice::<OciEnvelope>(body)
+    {
+        return OciDistributionError::RegistryError { envelope, url };
+    }
+    OciDistributionError::ServerError {
+        code: status.as_u16(),
+        url,
+        message: String::from_utf8_lossy(body).chars().take(1000).collect(),
+    }
+}
+
+/// An in-memory sink that refuses to grow past `max` bytes.
+struct BoundedBuffer {
+    data: Vec<u8>,
+    max: u64,
+    overflowed: bool,
+}
+
+impl tokio::io::AsyncWrite for BoundedBuffer {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.data.len() as u64 + buf.len() as u64 > self.max {
+            self.overflowed = true;
+            return std::task::Poll::Ready(Err(std::io::Error::other("blob too long")));
+        }
+        self.data.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -329,7 +505,14 @@ impl Images {
         let auth = match credentials {
             Credentials::IdentityToken(refresh) => {
                 let api = endpoint.url();
-                match super::oauth::exchange(&api, oref.repository(), refresh).await {
+                match super::oauth::exchange(
+                    &api,
+                    oref.repository(),
+                    refresh,
+                    self.progress_timeout,
+                )
+                .await
+                {
                     Ok(Some(access)) => oci_client::secrets::RegistryAuth::Bearer(access),
                     Ok(None) => oci_client::secrets::RegistryAuth::Anonymous,
                     Err(e) => {
@@ -343,14 +526,18 @@ impl Images {
             }
             other => other.to_oci(),
         };
-        let ctx = Ctx {
+        let mut ctx = Ctx {
             reference: r.clone(),
             endpoint,
             oref,
             client,
             auth,
             timeout: self.progress_timeout,
+            layer_limits: self.layer_limits,
+            http: self.http()?,
+            authorization: None,
         };
+        ctx.authorize().await?;
 
         let (top, top_digest) = ctx.manifest(None).await?;
         if let Some(d) = &r.digest
@@ -374,6 +561,13 @@ impl Images {
                     detail: format!("index {top_digest} has no manifest for platform {here}"),
                 })?;
             lease.add([&entry.digest]);
+            if entry.size > MAX_MANIFEST_BYTES {
+                return Err(ImageError::Limit(format!(
+                    "pulling {r}: manifest {} in index {top_digest} is {} bytes, more than \
+                     {MAX_MANIFEST_BYTES}",
+                    entry.digest, entry.size
+                )));
+            }
             let child = if self.content.contains(&entry.digest) {
                 self.content.read(&entry.digest)?
             } else {
@@ -404,6 +598,13 @@ impl Images {
                 "manifest {manifest_digest} has no config or no layers"
             )));
         };
+        if layers.len() > MAX_LAYERS {
+            return Err(ImageError::Limit(format!(
+                "pulling {r}: manifest {manifest_digest} has {} layers, more than the \
+                 {MAX_LAYERS} overlayfs can stack",
+                layers.len()
+            )));
+        }
         for l in layers {
             compression(&l.media_type, &l.digest)?;
         }
@@ -412,7 +613,7 @@ impl Images {
         let config = if self.content.contains(&config_desc.digest) {
             self.content.read(&config_desc.digest)?
         } else {
-            let data = ctx.small_blob(config_desc).await?;
+            let data = ctx.config_blob(config_desc).await?;
             self.content.write_all(&config_desc.digest, &data)?;
             data
         };
@@ -477,7 +678,9 @@ impl Images {
                 .map_err(|e| ImageError::Io(format!("importing layers: {e}")))??;
         }
 
-        let size = config_desc.size + layers.iter().map(|l| l.size).sum::<u64>();
+        let size = layers
+            .iter()
+            .fold(config_desc.size, |sum, l| sum.saturating_add(l.size));
         let id = config_desc.digest.clone();
         self.commit_record(r, &id, &r.with_digest(&top_digest), size, config)?;
         Ok(id)
@@ -510,6 +713,26 @@ impl Images {
             .entry((plain_http, credentials.clone()))
             .or_insert_with(build)
             .clone()
+    }
+
+    /// The client for the bodies berth reads itself.
+    fn http(&self) -> Result<reqwest::Client, ImageError> {
+        let build = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(15))
+                .read_timeout(self.progress_timeout + Duration::from_secs(5))
+                .build()
+                .map_err(|e| ImageError::Io(format!("building an HTTP client: {e}")))
+        };
+        let Ok(mut clients) = self.http.lock() else {
+            return build();
+        };
+        if let Some(client) = &*clients {
+            return Ok(client.clone());
+        }
+        let client = build()?;
+        *clients = Some(client.clone());
+        Ok(client)
     }
 
     /// Writes the record of a complete image: adds the tag and repo digest, moving the tag
@@ -604,13 +827,32 @@ async fn unpack_layer(
     } = layer;
     let digest = desc.digest.clone();
     let compression = compression(&desc.media_type, &digest)?;
+    let limits = ctx.layer_limits;
+    // A blob at least as long as the cap cannot decompress below it (gzip and zstd add a few
+    // bytes to incompressible data, no more).
+    if desc.size > limits.max_bytes {
+        return Err(ImageError::Limit(format!(
+            "pulling {}: layer {digest} is {} bytes compressed, more than the {} bytes any \
+             layer may decompress to (registry.max_layer_uncompressed_bytes)",
+            ctx.reference, desc.size, limits.max_bytes
+        )));
+    }
+    let budget = limits.budget(desc.size);
     if content.contains(&digest) {
         let path = content.path(&digest)?;
         let staged = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&path)
                 .map_err(|e| ImageError::Io(format!("{}: {e}", path.display())))?;
             let reader = std::io::BufReader::with_capacity(256 * 1024, file);
-            consume_layer(reader, None, compression, &digest, &diff_id, staged)
+            consume_layer(
+                reader,
+                None,
+                compression,
+                &digest,
+                &diff_id,
+                &budget,
+                staged,
+            )
         })
         .await
         .map_err(|e| ImageError::Io(format!("layer {}: {e}", desc.digest)))??;
@@ -634,6 +876,7 @@ async fn unpack_layer(
                 compression,
                 &digest,
                 &diff_id,
+                &budget,
                 staged,
             )
         })
@@ -648,6 +891,9 @@ async fn unpack_layer(
         .await
         .map_err(|_| ctx.stalled(&format!("layer {digest}")))?
         .map_err(|e| ctx.map_err(e))?;
+        if stream.content_length.is_some_and(|n| n > desc.size) {
+            return Err(ctx.longer_than_descriptor("layer", &desc));
+        }
         let mut received = 0u64;
         let mut last_log = Instant::now();
         loop {
@@ -661,6 +907,10 @@ async fn unpack_layer(
                 detail: format!("layer {digest}: {}", error_chain(&e)),
             })?;
             received += chunk.len() as u64;
+            // An endless body ends here, not in the content store.
+            if received > desc.size {
+                return Err(ctx.longer_than_descriptor("layer", &desc));
+            }
             if tx.send(Ok(chunk)).await.is_err() {
                 // The consumer stopped early; its error says why.
                 break;
@@ -692,14 +942,16 @@ async fn unpack_layer(
 }
 
 /// Reads the compressed layer from `source` (into `ingest` when it comes from the network),
-/// decompresses it, applies it to `staged` and checks its uncompressed digest against
-/// `diff_id`, all in one pass; commits the blob only when everything matched.
+/// decompresses it (at most `budget` bytes), applies it to `staged` and checks its
+/// uncompressed digest against `diff_id`, all in one pass; commits the blob only when
+/// everything matched.
 fn consume_layer(
     source: impl Read,
     ingest: Option<Ingest>,
     compression: Compression,
     digest: &str,
     diff_id: &str,
+    budget: &Budget,
     mut staged: Option<Box<dyn StagedLayer>>,
 ) -> Result<Option<Box<dyn StagedLayer>>, ImageError> {
     let mut tee = Tee {
@@ -707,7 +959,19 @@ fn consume_layer(
         ingest,
     };
     let mut hasher = Sha256::new();
-    let decoded = decode(&mut tee, compression, &mut hasher, staged.as_deref_mut());
+    let decoded = match decode(
+        &mut tee,
+        compression,
+        &mut hasher,
+        budget.max,
+        staged.as_deref_mut(),
+    ) {
+        // Returning drops the staging directory and the partial blob: nothing is kept, and
+        // the rest of the blob is not fetched.
+        Err(DecodeError::OverBudget) => return Err(budget.exceeded(digest)),
+        Err(DecodeError::Broken(e)) => Err(e),
+        Ok(()) => Ok(()),
+    };
     // Whatever follows the compressed stream still belongs to the blob.
     let drained = std::io::copy(&mut tee, &mut std::io::sink());
     let Tee { ingest, .. } = tee;
@@ -736,29 +1000,47 @@ fn consume_layer(
     Ok(staged)
 }
 
+enum DecodeError {
+    /// The layer decompresses past its budget.
+    OverBudget,
+    Broken(String),
+}
+
 fn decode(
     compressed: &mut dyn Read,
     compression: Compression,
     hasher: &mut Sha256,
+    max_uncompressed: u64,
     staged: Option<&mut (dyn StagedLayer + 'static)>,
-) -> Result<(), String> {
-    let mut decoder: Box<dyn Read + '_> = match compression {
+) -> Result<(), DecodeError> {
+    let decoder: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(compressed),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
         Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(compressed).map_err(|e| format!("zstd: {e}"))?,
+            zstd::stream::read::Decoder::new(compressed)
+                .map_err(|e| DecodeError::Broken(format!("zstd: {e}")))?,
         ),
     };
+    let mut counted = CountingReader::new(decoder, max_uncompressed);
     let mut hashing = HashingReader {
-        inner: &mut decoder,
+        inner: &mut counted,
         hasher,
     };
-    if let Some(staged) = staged {
-        staged.apply(&mut hashing).map_err(|e| e.to_string())?;
-    }
+    let applied = match staged {
+        Some(staged) => staged.apply(&mut hashing).map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
     // The rest: end-of-archive padding, or everything when nothing is applied.
-    copy_to_sink(&mut hashing).map_err(|e| format!("cannot decompress: {e}"))?;
-    Ok(())
+    let rest = applied.and_then(|()| {
+        copy_to_sink(&mut hashing)
+            .map(|_| ())
+            .map_err(|e| format!("cannot decompress: {e}"))
+    });
+    match rest {
+        Err(_) if counted.exceeded() => Err(DecodeError::OverBudget),
+        Err(e) => Err(DecodeError::Broken(e)),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Hashes every byte read through it.
@@ -846,6 +1128,14 @@ mod tests {
     use crate::images::content::sha256_digest;
     use crate::images::layers::fake::Staged;
 
+    fn budget() -> Budget {
+        LayerLimits {
+            ratio: 100,
+            max_bytes: 1 << 30,
+        }
+        .budget(1 << 20)
+    }
+
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(data).unwrap();
@@ -867,6 +1157,7 @@ mod tests {
             Compression::Gzip,
             &digest,
             &diff_id,
+            &budget(),
             None,
         )
         .unwrap();
@@ -889,6 +1180,7 @@ mod tests {
             Compression::Gzip,
             &digest,
             &wrong,
+            &budget(),
             None,
         )
         .err()
@@ -903,6 +1195,7 @@ mod tests {
             Compression::Gzip,
             &wrong,
             &sha256_digest(&tar),
+            &budget(),
             None,
         )
         .err()
@@ -934,6 +1227,7 @@ mod tests {
             Compression::Zstd,
             &digest,
             &sha256_digest(&tar),
+            &budget(),
             None,
         )
         .unwrap();
@@ -945,6 +1239,7 @@ mod tests {
             Compression::None,
             &digest,
             &digest,
+            &budget(),
             None,
         )
         .unwrap();
@@ -975,6 +1270,7 @@ mod tests {
             Compression::Gzip,
             &digest,
             &diff_id,
+            &budget(),
             Some(Box::new(seen)),
         )
         .unwrap();
@@ -991,10 +1287,213 @@ mod tests {
             Compression::Gzip,
             &digest,
             &diff_id,
+            &budget(),
             Some(Box::new(again)),
         )
         .unwrap();
         assert_eq!(paths.lock().unwrap().len(), 2);
+    }
+
+    /// A staged layer that records whether it was dropped without import.
+    struct DropFlag(Staged, Arc<std::sync::atomic::AtomicBool>);
+
+    impl StagedLayer for DropFlag {
+        fn apply(&mut self, tar: &mut dyn Read) -> Result<(), ImageError> {
+            self.0.apply(tar)
+        }
+
+        fn import(
+            self: Box<Self>,
+            _: &str,
+            _: Option<&str>,
+            _: std::collections::BTreeMap<String, String>,
+        ) -> Result<(), ImageError> {
+            Ok(())
+        }
+    }
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_stopped_at_its_budget_and_nothing_is_kept() {
+        // 64 MiB of zeros in one tar entry: about 64 KiB of gzip.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(64 << 20);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "zeros", std::io::repeat(0).take(64 << 20))
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let blob = gzip(&tar);
+        assert!(blob.len() < 1 << 20);
+        let digest = sha256_digest(&blob);
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let staged = DropFlag(Staged::default(), Arc::clone(&dropped));
+        let budget = Budget {
+            max: 8 << 20,
+            why: "test budget".into(),
+        };
+        // Counts what it hands out: the bomb is not read to its end.
+        let mut source = CountingReader::new(blob.as_slice(), u64::MAX);
+        let err = consume_layer(
+            &mut source,
+            Some(store.writer(&digest).unwrap()),
+            Compression::Gzip,
+            &digest,
+            &sha256_digest(&tar),
+            &budget,
+            Some(Box::new(staged)),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(&err, ImageError::Limit(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&digest) && msg.contains("8388608 bytes") && msg.contains("test budget"),
+            "{msg}"
+        );
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!store.contains(&digest));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
+        let within = consume_layer(
+            blob.as_slice(),
+            None,
+            Compression::Gzip,
+            &digest,
+            &sha256_digest(&tar),
+            &Budget {
+                max: tar.len() as u64,
+                why: "exact".into(),
+            },
+            None,
+        );
+        assert!(within.is_ok(), "a layer of exactly its budget is fine");
+        // Uncompressed layers are counted too.
+        let err = consume_layer(
+            tar.as_slice(),
+            None,
+            Compression::None,
+            &sha256_digest(&tar),
+            &sha256_digest(&tar),
+            &budget,
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, ImageError::Limit(_)), "{err}");
+    }
+
+    #[test]
+    fn the_bomb_is_not_read_to_its_end() {
+        // About 128 KiB of gzip.
+        let blob = gzip(&vec![0u8; 128 << 20]);
+        let mut source = CountingReader::new(blob.as_slice(), u64::MAX);
+        let budget = Budget {
+            max: 1 << 20,
+            why: "w".into(),
+        };
+        let err = consume_layer(
+            &mut source,
+            None,
+            Compression::Gzip,
+            "sha256:x",
+            "sha256:y",
+            &budget,
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, ImageError::Limit(_)), "{err}");
+        let mut rest = Vec::new();
+        source.read_to_end(&mut rest).unwrap();
+        assert!(
+            rest.len() > blob.len() / 2,
+            "stopped early: {} of {} bytes left",
+            rest.len(),
+            blob.len()
+        );
+    }
+
+    fn response(body: reqwest::Body) -> reqwest::Response {
+        reqwest::Response::from(http::Response::new(body))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_up_to_their_limit_and_no_further() {
+        let endless = futures_util::stream::repeat_with(|| {
+            Ok::<_, std::io::Error>(Bytes::from_static(&[b'{'; 4096]))
+        });
+        let err = read_body(
+            response(reqwest::Body::wrap_stream(endless)),
+            MAX_MANIFEST_BYTES,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, BodyError::TooLarge), "{err:?}");
+        let fine = response(reqwest::Body::from(vec![7u8; 100]));
+        assert_eq!(
+            read_body(fine, 100, Duration::from_secs(10)).await.unwrap(),
+            vec![7u8; 100]
+        );
+        let stalled =
+            futures_util::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{")) })
+                .chain(futures_util::stream::pending());
+        let err = read_body(
+            response(reqwest::Body::wrap_stream(stalled)),
+            100,
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, BodyError::Stalled), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_blob_longer_than_its_descriptor_overflows_the_buffer() {
+        use tokio::io::AsyncWriteExt as _;
+        let mut out = BoundedBuffer {
+            data: Vec::new(),
+            max: 4,
+            overflowed: false,
+        };
+        out.write_all(b"abcd").await.unwrap();
+        assert!(!out.overflowed);
+        assert!(out.write_all(b"e").await.is_err());
+        assert!(out.overflowed);
+        assert_eq!(out.data, b"abcd");
+    }
+
+    #[test]
+    fn registry_error_answers_keep_their_meaning() {
+        let e = status_error(
+            reqwest::StatusCode::NOT_FOUND,
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+            "http://r/v2/x/manifests/v1",
+        );
+        assert!(
+            matches!(e, OciDistributionError::RegistryError { .. }),
+            "{e}"
+        );
+        let e = status_error(reqwest::StatusCode::UNAUTHORIZED, b"", "u");
+        assert!(matches!(e, OciDistributionError::UnauthorizedError { .. }));
+        let e = status_error(reqwest::StatusCode::BAD_GATEWAY, &[b'x'; 5000], "u");
+        assert!(
+            matches!(&e, OciDistributionError::ServerError { code: 502, message, .. } if message.len() == 1000),
+            "{e}"
+        );
     }
 
     #[tokio::test]
