@@ -193,6 +193,18 @@ impl Images {
                     let task_key = key.clone();
                     let handle = tokio::spawn(async move {
                         let result = this.pull_uncached(r, credentials).await;
+                        // What a hostile or broken image left (its manifest and config, the
+                        // layers that did arrive) is not kept for a retry that cannot succeed;
+                        // other failures keep their blobs, so a retry resumes.
+                        if let Err(ImageError::Limit(_) | ImageError::Malformed(_)) = &result {
+                            let sweeping = Arc::clone(&this);
+                            let swept =
+                                tokio::task::spawn_blocking(move || sweeping.collect_garbage())
+                                    .await;
+                            if let Ok(Err(e)) = swept {
+                                tracing::warn!(error = %e, "collecting garbage after a refused pull");
+                            }
+                        }
                         if let Ok(mut inflight) = this.inflight.lock() {
                             inflight.remove(&task_key);
                         }
