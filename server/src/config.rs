@@ -657,6 +657,33 @@ endpoints = ["http://127.0.0.1:5000"]
     }
 
     #[test]
+    fn layer_limits_parse_and_the_cap_must_be_positive() {
+        let c = Config::parse(
+            Path::new("c"),
+            "[registry]\nmax_layer_expansion_ratio = 0\nmax_layer_uncompressed_bytes = 1000\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (
+                c.registry.max_layer_expansion_ratio,
+                c.registry.max_layer_uncompressed_bytes
+            ),
+            (0, 1000)
+        );
+        let c = Config::parse(
+            Path::new("c"),
+            "[registry]\nmax_layer_uncompressed_bytes = 0\n",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("registry.max_layer_uncompressed_bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn missing_explicit_file_is_an_error() {
         let err = Config::load(Some(Path::new("/nonexistent/berth.toml"))).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
