@@ -38,6 +38,8 @@ enum Answer {
     Stall,
     /// 401 with this `WWW-Authenticate` challenge.
     Challenge(String),
+    /// The inner answer to a request with this `Authorization`, 401 to any other.
+    Authorized(String, Box<Answer>),
 }
 
 impl Answer {
@@ -121,11 +123,24 @@ fn serve(mut conn: TcpStream, routes: &HashMap<String, Answer>, stop: &AtomicBoo
         .next()
         .unwrap_or("/")
         .to_string();
-    let answer = routes
+    let mut answer = routes
         .get(&path)
         .cloned()
         .or_else(|| (path == "/v2/").then(|| Answer::json("application/json", b"{}".to_vec())));
+    if let Some(Answer::Authorized(wanted, inner)) = answer {
+        let sent = line.lines().find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                .map(|(_, v)| v.trim().to_string())
+        });
+        answer = Some(if sent.as_deref() == Some(wanted.as_str()) {
+            *inner
+        } else {
+            Answer::Challenge("Bearer realm=\"unauthorized\"".into())
+        });
+    }
     match answer {
+        Some(Answer::Authorized(..)) => bail!("nested authorization"),
         None => {
             conn.write_all(
                 b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -520,6 +535,55 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
         "a decompression bomb",
     ));
 
+    // A registry behind a token server: the token berthd gets must reach every request.
+    let token = "stand-in-token";
+    let tokens = StandIn::start(HashMap::from([
+        (
+            "/token".to_string(),
+            Answer::json(
+                "application/json",
+                format!(r#"{{"token":"{token}"}}"#).into_bytes(),
+            ),
+        ),
+        // An answer of 2 MiB.
+        (
+            "/big-token".to_string(),
+            Answer::json(
+                "application/json",
+                format!(r#"{{"token":"{}"}}"#, "t".repeat(2 << 20)).into_bytes(),
+            ),
+        ),
+    ]))?;
+    let authorized =
+        |answer: Answer| Answer::Authorized(format!("Bearer {token}"), Box::new(answer));
+    let mut bearer_routes = HashMap::from([
+        (
+            "/v2/".to_string(),
+            Answer::Challenge(format!(
+                "Bearer realm=\"http://{}/token\",service=\"stand-in\"",
+                tokens.host
+            )),
+        ),
+        (
+            manifest_path("ok", gib_tag),
+            authorized(Answer::json(
+                media_type::OCI_MANIFEST,
+                ok.manifest.data().to_vec(),
+            )),
+        ),
+    ]);
+    for blob in [&ok.config, &ok.layers[0].blob] {
+        bearer_routes.insert(
+            blob_path("ok", blob.digest()),
+            authorized(Answer::json(blob.media_type(), blob.data().to_vec())),
+        );
+    }
+    let bearer_registry = StandIn::start(bearer_routes)?;
+    let big_token_registry = StandIn::start(HashMap::from([(
+        "/v2/".to_string(),
+        Answer::Challenge(format!("Bearer realm=\"http://{}/big-token\"", tokens.host)),
+    )]))?;
+
     let stand_in = StandIn::start(routes)?;
     // A registry whose token server stalls: every pull from it waits on the token first.
     let token_server = StandIn::start(HashMap::from([("/token".to_string(), Answer::Stall)]))?;
@@ -535,6 +599,8 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
         BerthdOptions::default()
             .insecure_registry(&stand_in.host)
             .insecure_registry(&token_registry.host)
+            .insecure_registry(&bearer_registry.host)
+            .insecure_registry(&big_token_registry.host)
             .arg("--pull-progress-timeout-secs")
             .arg(PROGRESS_TIMEOUT_SECS.to_string()),
     )?;
@@ -554,6 +620,15 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
         code: "DeadlineExceeded",
         message: format!(
             "no progress for {PROGRESS_TIMEOUT_SECS} s while fetching the registry's authentication challenge or token"
+        ),
+    });
+    all.push(Case {
+        name: "an oversized token answer",
+        reference: format!("{}/any:{gib_tag}", big_token_registry.host),
+        code: "FailedPrecondition",
+        message: format!(
+            "the answer of token server http://{}/big-token is larger than 1048576 bytes",
+            tokens.host
         ),
     });
     let long = format!("{}/{}:{gib_tag}", stand_in.host, "a".repeat(300));
@@ -594,6 +669,11 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
 
     // Still serving, and pulling.
     let reference = format!("{}/ok:{gib_tag}", stand_in.host);
+    let out = berthd.crictl_ok(&["pull", &reference])?;
+    ensure!(out.contains(ok.id().as_str()), "crictl pull printed {out}");
+    berthd.crictl_ok(&["rmi", &reference])?;
+    // And through a token server, whose token every request of the pull carries.
+    let reference = format!("{}/ok:{gib_tag}", bearer_registry.host);
     let out = berthd.crictl_ok(&["pull", &reference])?;
     ensure!(out.contains(ok.id().as_str()), "crictl pull printed {out}");
     Ok(())

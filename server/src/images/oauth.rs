@@ -131,7 +131,7 @@ pub async fn exchange(
 }
 
 /// The parameters of a `Bearer` challenge (`Bearer realm="...",service="..."`).
-fn bearer_params(challenge: &str) -> Option<Vec<(String, String)>> {
+pub(super) fn bearer_params(challenge: &str) -> Option<Vec<(String, String)>> {
     let rest = challenge.trim();
     let (scheme, rest) = rest.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {

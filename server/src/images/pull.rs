@@ -12,6 +12,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
+use oci_client::token_cache::{RegistryToken, RegistryTokenType};
 use oci_client::{Client, Reference, RegistryOperation};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -132,25 +133,17 @@ impl Ctx {
         map_oci_error(e, &self.reference, &self.endpoint)
     }
 
-    /// Asks the registry how to authenticate (a token from its token server, basic
-    /// credentials, or nothing) once per endpoint; the client keeps the token for the blobs.
+    /// Asks the registry how to authenticate, once per endpoint: a token from its token
+    /// server, basic credentials, or nothing. The token goes to the registry client too, for
+    /// the blobs.
     async fn authorize(&mut self) -> Result<(), ImageError> {
-        let token = tokio::time::timeout(
-            self.timeout,
-            self.client
-                .auth(&self.oref, &self.auth, RegistryOperation::Pull),
-        )
-        .await
-        .map_err(|_| self.stalled("the registry's authentication challenge or token"))?
-        .map_err(|e| self.map_err(e))?;
-        use base64::Engine as _;
-        let value = match (token, &self.auth) {
-            (Some(token), _) => Some(format!("Bearer {token}")),
-            (None, RegistryAuth::Basic(user, password)) => Some(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-            )),
-            (None, _) => None,
+        let registry = self.oref.resolve_registry().to_string();
+        self.client
+            .store_auth_if_needed(&registry, &self.auth)
+            .await;
+        let value = match &self.auth {
+            RegistryAuth::Bearer(token) => Some(format!("Bearer {token}")),
+            _ => self.answer_challenge(&registry).await?,
         };
         self.authorization = value
             .map(|v| {
@@ -166,6 +159,94 @@ impl Ctx {
             })
             .transpose()?;
         Ok(())
+    }
+
+    /// The `Authorization` the registry's `/v2/` challenge asks for, as the registry client
+    /// would answer it, but with the token server's answer read within the limits.
+    async fn answer_challenge(&self, registry: &str) -> Result<Option<String>, ImageError> {
+        const WHAT: &str = "the registry's authentication challenge or token";
+        let scheme = if self.endpoint.plain_http {
+            "http"
+        } else {
+            "https"
+        };
+        let ping = format!("{scheme}://{registry}/v2/");
+        let resp = tokio::time::timeout(self.timeout, self.http.get(&ping).send())
+            .await
+            .map_err(|_| self.stalled(WHAT))?
+            .map_err(|e| self.map_err(OciDistributionError::RequestError(e)))?;
+        let Some(header) = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        drop(resp);
+        let params = header
+            .to_str()
+            .ok()
+            .and_then(super::oauth::bearer_params)
+            .unwrap_or_default();
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let Some(realm) = param("realm") else {
+            return Ok(match &self.auth {
+                RegistryAuth::Basic(user, password) => Some(basic(user, password)),
+                _ => None,
+            });
+        };
+        let scope = format!("repository:{}:pull", self.oref.repository());
+        let mut request = self.http.get(realm).query(&[("scope", scope.as_str())]);
+        if let Some(service) = param("service") {
+            request = request.query(&[("service", service)]);
+        }
+        if let RegistryAuth::Basic(user, password) = &self.auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let resp = tokio::time::timeout(self.timeout, request.send())
+            .await
+            .map_err(|_| self.stalled(WHAT))?
+            .map_err(|e| self.map_err(OciDistributionError::RequestError(e)))?;
+        let status = resp.status();
+        let body = match read_body(resp, MAX_SMALL_BODY_BYTES, self.timeout).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                return Err(ImageError::Limit(format!(
+                    "pulling {}: the answer of token server {} is larger than \
+                     {MAX_SMALL_BODY_BYTES} bytes",
+                    self.reference, realm
+                )));
+            }
+            Err(BodyError::Stalled) => return Err(self.stalled(WHAT)),
+            Err(BodyError::Http(e)) => {
+                return Err(self.map_err(OciDistributionError::RequestError(e)));
+            }
+        };
+        if status != reqwest::StatusCode::OK {
+            return Err(self.map_err(OciDistributionError::AuthenticationFailure(
+                String::from_utf8_lossy(&body).chars().take(1000).collect(),
+            )));
+        }
+        let token: RegistryToken = serde_json::from_slice(&body).map_err(|e| {
+            self.map_err(OciDistributionError::RegistryTokenDecodeError(
+                e.to_string(),
+            ))
+        })?;
+        let value = token.bearer_token();
+        self.client
+            .tokens
+            .insert(
+                &self.oref,
+                RegistryOperation::Pull,
+                RegistryTokenType::Bearer(token),
+            )
+            .await;
+        Ok(Some(value))
     }
 
     /// Fetches a manifest (by the reference, or by `digest`) with its digest, reading at most
@@ -274,6 +355,14 @@ impl Ctx {
             self.reference, desc.digest, desc.size
         ))
     }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 /// What a registry's error answer means, as the registry client reports it.
