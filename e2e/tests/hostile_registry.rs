@@ -34,6 +34,8 @@ enum Answer {
     },
     /// 200 with no length, and `byte` for as long as the client reads.
     Endless(u8),
+    /// 500 with no length, and an error text for as long as the client reads.
+    EndlessError,
     /// 200 and one byte of body, then nothing until the client leaves.
     Stall,
     /// 401 with this `WWW-Authenticate` challenge.
@@ -164,8 +166,15 @@ fn serve(mut conn: TcpStream, routes: &HashMap<String, Answer>, stop: &AtomicBoo
                  Content-Length: 0\r\nConnection: close\r\n\r\n"
             )?;
         }
-        Some(Answer::Endless(byte)) => {
-            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")?;
+        Some(answer @ (Answer::Endless(_) | Answer::EndlessError)) => {
+            let (status, byte) = match answer {
+                Answer::Endless(byte) => ("200 OK", byte),
+                _ => ("500 Internal Server Error", b'!'),
+            };
+            write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+            )?;
             let chunk = [byte; 64 << 10];
             // Until berthd hangs up.
             while !stop.load(Ordering::SeqCst) {
@@ -256,8 +265,8 @@ struct Case {
     message: String,
 }
 
-/// Blobs a failed pull may keep for its retry: after a stall (a network failure, not a refused
-/// image) the verified manifest and config stay until the next sweep.
+/// Blobs a failed pull may keep for its retry: after a stall or an error answer (a network
+/// failure, not a refused image) the verified manifest and config stay until the next sweep.
 fn kept_after_stall(manifest: &[u8], config: &Blob) -> Vec<String> {
     vec![
         Digest::sha256(manifest).hex().to_string(),
@@ -471,6 +480,33 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
         "an endless layer",
     ));
 
+    // An error answer that never ends, for a layer.
+    let error_layer = Digest::sha256(b"a layer with an endless error");
+    let config = Blob::new(
+        media_type::OCI_CONFIG,
+        config_json(&[error_layer.as_str().to_string()]),
+    );
+    let manifest = manifest_json(
+        descriptor(media_type::OCI_CONFIG, config.digest(), config.size()),
+        vec![descriptor(media_type::OCI_LAYER_GZIP, &error_layer, 1000)],
+    );
+    let mut kept = kept_after_stall(&manifest, &config);
+    routes.insert(
+        manifest_path("endless-error", gib_tag),
+        Answer::json(media_type::OCI_MANIFEST, manifest),
+    );
+    serve_blob(&mut routes, "endless-error", &config);
+    routes.insert(
+        blob_path("endless-error", &error_layer),
+        Answer::EndlessError,
+    );
+    cases.push((
+        "endless-error",
+        "Unavailable",
+        "code: 500".to_string(),
+        "an endless error answer",
+    ));
+
     // A layer that stalls after its first byte.
     let stalled_layer = Digest::sha256(b"a stalled layer");
     let config = Blob::new(
@@ -481,7 +517,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
         descriptor(media_type::OCI_CONFIG, config.digest(), config.size()),
         vec![descriptor(media_type::OCI_LAYER_GZIP, &stalled_layer, 100)],
     );
-    let kept = kept_after_stall(&manifest, &config);
+    kept.extend(kept_after_stall(&manifest, &config));
     routes.insert(
         manifest_path("stalled-layer", gib_tag),
         Answer::json(media_type::OCI_MANIFEST, manifest),
@@ -642,7 +678,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
     let mut failures = Vec::new();
     let mut may_stay: Vec<String> = Vec::new();
     for case in &all {
-        if case.name == "a stalled layer" {
+        if case.name == "an endless error answer" {
             may_stay.extend(kept.iter().cloned());
         }
         let out = berthd.crictl(&["pull", &case.reference])?;

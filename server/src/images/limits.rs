@@ -1,6 +1,10 @@
 //! What a registry can make berthd do: every body berthd reads from a registry has a size
 //! bound, enforced while it streams, and every layer a bound on what it decompresses to.
 //!
+//! Every request of a pull (the `/v2/` challenge, the token, manifests, the config, layers)
+//! goes through berth's own HTTP client, each wait for headers or for the next chunk bounded by
+//! the progress timeout, each body by a size.
+//!
 //! An image is untrusted input. Manifests, indexes and configs are read into memory, so they
 //! are refused past [`MAX_MANIFEST_BYTES`] and [`MAX_CONFIG_BYTES`] (containerd reads at most
 //! 4 MiB of a manifest; containers/image, CRI-O's library, 4 MiB of a manifest or a config and
@@ -20,7 +24,8 @@ pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// The largest image config berthd reads, as CRI-O (containerd has none; real configs are a
 /// few KiB, the largest with long histories a few hundred).
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
-/// The largest token-server answer or error body berthd reads, as CRI-O.
+/// The largest token-server answer or error body berthd reads, as CRI-O; an error body past it
+/// is reported without its text.
 pub const MAX_SMALL_BODY_BYTES: u64 = 1 << 20;
 /// The most layers an image may have. overlayfs stacks at most 500 lower layers
 /// (`OVL_MAX_STACK`), so a container could never run on an image with more; Docker builds at

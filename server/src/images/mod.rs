@@ -98,14 +98,12 @@ pub struct Images {
     registry: RegistryConfig,
     progress_timeout: Duration,
     layer_limits: limits::LayerLimits,
-    /// The HTTP client for the bodies berth reads itself to bound them: manifests, indexes.
+    /// The registry client, built on first use: every request of a pull goes through it, its
+    /// bodies read within the limits of [`limits`].
     http: Mutex<Option<reqwest::Client>>,
     /// Pulls in flight, by reference and credentials: a second pull of the same image waits for
     /// the first instead of downloading again.
     inflight: Mutex<HashMap<(String, Credentials), PullFuture>>,
-    /// Registry clients by (plain http, credentials), kept for their connections and tokens;
-    /// a client only ever carries one set of credentials.
-    clients: Mutex<HashMap<(bool, Credentials), oci_client::Client>>,
     /// Whether registries on this machine speak https or plain HTTP.
     local_schemes: transport::LocalSchemes,
     /// Serialises read-modify-write of image records (tag moves, untagging).
@@ -162,7 +160,6 @@ impl Images {
             registry,
             inflight: Mutex::new(HashMap::new()),
             records: Mutex::new(()),
-            clients: Mutex::new(HashMap::new()),
             local_schemes: transport::LocalSchemes::default(),
             leases: gc::Leases::default(),
             pinned,

@@ -2,18 +2,16 @@
 //! store, layers checked against the config's diff ids, then the record.
 
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_store::ImageRecord;
 use bytes::{Buf, Bytes};
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::Reference;
 use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
-use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use oci_client::token_cache::{RegistryToken, RegistryTokenType};
-use oci_client::{Client, Reference, RegistryOperation};
+use oci_client::token_cache::RegistryToken;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
@@ -109,15 +107,15 @@ fn compression(media_type: &str, blob: &str) -> Result<Compression, ImageError> 
 struct Ctx {
     reference: ImageRef,
     endpoint: Endpoint,
+    /// The repository at this endpoint (a mirror's host and prefix applied).
     oref: Reference,
-    client: Client,
     auth: RegistryAuth,
     timeout: Duration,
     layer_limits: LayerLimits,
-    /// For the manifests, which berth fetches itself to bound them.
     http: reqwest::Client,
-    /// What berth's own requests carry, from [`Ctx::authorize`].
-    authorization: Option<reqwest::header::HeaderValue>,
+    /// What every request carries, from [`Ctx::authorize`]; renewed when the registry
+    /// answers 401 (a token that expired during a long pull).
+    authorization: Mutex<Option<reqwest::header::HeaderValue>>,
 }
 
 impl Ctx {
@@ -136,16 +134,12 @@ impl Ctx {
     /// Asks the registry how to authenticate, once per endpoint: a token from its token
     /// server, basic credentials, or nothing. The token goes to the registry client too, for
     /// the blobs.
-    async fn authorize(&mut self) -> Result<(), ImageError> {
-        let registry = self.oref.resolve_registry().to_string();
-        self.client
-            .store_auth_if_needed(&registry, &self.auth)
-            .await;
+    async fn authorize(&self) -> Result<(), ImageError> {
         let value = match &self.auth {
             RegistryAuth::Bearer(token) => Some(format!("Bearer {token}")),
-            _ => self.answer_challenge(&registry).await?,
+            _ => self.answer_challenge().await?,
         };
-        self.authorization = value
+        let value = value
             .map(|v| {
                 let mut v = reqwest::header::HeaderValue::from_str(&v).map_err(|_| {
                     ImageError::AuthFailed {
@@ -158,19 +152,82 @@ impl Ctx {
                 Ok::<_, ImageError>(v)
             })
             .transpose()?;
+        if let Ok(mut authorization) = self.authorization.lock() {
+            *authorization = value;
+        }
         Ok(())
+    }
+
+    fn authorization(&self) -> Option<reqwest::header::HeaderValue> {
+        self.authorization.lock().ok().and_then(|a| a.clone())
+    }
+
+    /// `<scheme>://<registry>/v2/<repository>/<kind>/<locator>`, as the endpoint serves it.
+    fn url(&self, kind: &str, locator: &str) -> String {
+        format!(
+            "{}://{}/v2/{}/{kind}/{locator}{}",
+            if self.endpoint.plain_http {
+                "http"
+            } else {
+                "https"
+            },
+            self.oref.resolve_registry(),
+            self.oref.repository(),
+            self.oref
+                .namespace()
+                .map(|ns| format!("?ns={ns}"))
+                .unwrap_or_default(),
+        )
+    }
+
+    /// GETs `url` with the pull's authorization, the answer's headers within the progress
+    /// timeout. A 401 gets one new authorization and one retry; an error answer is read
+    /// within limits and reported as the registry meant it.
+    async fn get(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<reqwest::Response, ImageError> {
+        let mut renewed = false;
+        loop {
+            let mut request = self.http.get(url);
+            if let Some(accept) = accept {
+                request = request.header(reqwest::header::ACCEPT, accept);
+            }
+            if let Some(authorization) = self.authorization() {
+                request = request.header(reqwest::header::AUTHORIZATION, authorization);
+            }
+            let resp = tokio::time::timeout(self.timeout, request.send())
+                .await
+                .map_err(|_| self.stalled(what))?
+                .map_err(|e| self.map_err(OciDistributionError::RequestError(e)))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(resp);
+            }
+            if status == reqwest::StatusCode::UNAUTHORIZED && !renewed {
+                renewed = true;
+                self.authorize().await?;
+                continue;
+            }
+            let body = read_body(resp, MAX_SMALL_BODY_BYTES, self.timeout)
+                .await
+                .unwrap_or_default();
+            return Err(self.map_err(status_error(status, &body, url)));
+        }
     }
 
     /// The `Authorization` the registry's `/v2/` challenge asks for, as the registry client
     /// would answer it, but with the token server's answer read within the limits.
-    async fn answer_challenge(&self, registry: &str) -> Result<Option<String>, ImageError> {
+    async fn answer_challenge(&self) -> Result<Option<String>, ImageError> {
         const WHAT: &str = "the registry's authentication challenge or token";
         let scheme = if self.endpoint.plain_http {
             "http"
         } else {
             "https"
         };
-        let ping = format!("{scheme}://{registry}/v2/");
+        let ping = format!("{scheme}://{}/v2/", self.oref.resolve_registry());
         let resp = tokio::time::timeout(self.timeout, self.http.get(&ping).send())
             .await
             .map_err(|_| self.stalled(WHAT))?
@@ -237,16 +294,7 @@ impl Ctx {
                 e.to_string(),
             ))
         })?;
-        let value = token.bearer_token();
-        self.client
-            .tokens
-            .insert(
-                &self.oref,
-                RegistryOperation::Pull,
-                RegistryTokenType::Bearer(token),
-            )
-            .await;
-        Ok(Some(value))
+        Ok(Some(token.bearer_token()))
     }
 
     /// Fetches a manifest (by the reference, or by `digest`) with its digest, reading at most
@@ -257,44 +305,20 @@ impl Ctx {
             None => self.oref.clone(),
         };
         let what = format!("the manifest {}", digest.unwrap_or("of the reference"));
-        let url = format!(
-            "{}://{}/v2/{}/manifests/{}{}",
-            if self.endpoint.plain_http {
-                "http"
-            } else {
-                "https"
-            },
-            oref.resolve_registry(),
-            oref.repository(),
-            oref.digest().or(oref.tag()).unwrap_or("latest"),
-            oref.namespace()
-                .map(|ns| format!("?ns={ns}"))
-                .unwrap_or_default(),
-        );
-        let mut request = self
-            .http
-            .get(&url)
-            .header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
-        if let Some(authorization) = &self.authorization {
-            request = request.header(reqwest::header::AUTHORIZATION, authorization.clone());
-        }
-        let resp = tokio::time::timeout(self.timeout, request.send())
-            .await
-            .map_err(|_| self.stalled(&what))?
-            .map_err(|e| self.map_err(OciDistributionError::RequestError(e)))?;
-        let status = resp.status();
+        let locator = oref.digest().or(oref.tag()).unwrap_or("latest");
+        let resp = self
+            .get(
+                &self.url("manifests", locator),
+                Some(&ACCEPTED_MANIFESTS.join(", ")),
+                &what,
+            )
+            .await?;
         let announced = resp
             .headers()
             .get("Docker-Content-Digest")
             .and_then(|v| v.to_str().ok())
             .filter(|d| d.starts_with("sha256:"))
             .map(str::to_string);
-        if !status.is_success() {
-            let body = read_body(resp, MAX_SMALL_BODY_BYTES, self.timeout)
-                .await
-                .unwrap_or_default();
-            return Err(self.map_err(status_error(status, &body, &url)));
-        }
         let body = match read_body(resp, MAX_MANIFEST_BYTES, self.timeout).await {
             Ok(body) => body,
             Err(BodyError::TooLarge) => {
@@ -329,23 +353,17 @@ impl Ctx {
                 self.reference, desc.digest, desc.size
             )));
         }
-        let mut out = BoundedBuffer {
-            data: Vec::with_capacity(usize::try_from(desc.size).unwrap_or(0)),
-            max: desc.size,
-            overflowed: false,
-        };
-        let fetched = tokio::time::timeout(
-            self.timeout,
-            self.client
-                .pull_blob(&self.oref, &oci_descriptor(desc), &mut out),
-        )
-        .await
-        .map_err(|_| self.stalled(&format!("blob {}", desc.digest)))?;
-        if out.overflowed {
-            return Err(self.longer_than_descriptor("image config", desc));
+        let what = format!("blob {}", desc.digest);
+        let resp = self
+            .get(&self.url("blobs", &desc.digest), None, &what)
+            .await?;
+        // The digest is checked as the config enters the content store.
+        match read_body(resp, desc.size, self.timeout).await {
+            Ok(body) => Ok(body),
+            Err(BodyError::TooLarge) => Err(self.longer_than_descriptor("image config", desc)),
+            Err(BodyError::Stalled) => Err(self.stalled(&what)),
+            Err(BodyError::Http(e)) => Err(self.map_err(OciDistributionError::RequestError(e))),
         }
-        fetched.map_err(|e| self.map_err(e))?;
-        Ok(out.data)
     }
 
     fn longer_than_descriptor(&self, what: &str, desc: &Descriptor) -> ImageError {
@@ -380,51 +398,6 @@ fn status_error(status: reqwest::StatusCode, body: &[u8], url: &str) -> OciDistr
         code: status.as_u16(),
         url,
         message: String::from_utf8_lossy(body).chars().take(1000).collect(),
-    }
-}
-
-/// An in-memory sink that refuses to grow past `max` bytes.
-struct BoundedBuffer {
-    data: Vec<u8>,
-    max: u64,
-    overflowed: bool,
-}
-
-impl tokio::io::AsyncWrite for BoundedBuffer {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.data.len() as u64 + buf.len() as u64 > self.max {
-            self.overflowed = true;
-            return std::task::Poll::Ready(Err(std::io::Error::other("blob too long")));
-        }
-        self.data.extend_from_slice(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-fn oci_descriptor(desc: &Descriptor) -> OciDescriptor {
-    OciDescriptor {
-        media_type: desc.media_type.clone(),
-        digest: desc.digest.clone(),
-        size: i64::try_from(desc.size).unwrap_or(i64::MAX),
-        ..OciDescriptor::default()
     }
 }
 
@@ -573,7 +546,6 @@ impl Images {
         credentials: &Credentials,
         lease: &Lease<'_>,
     ) -> Result<String, ImageError> {
-        let client = self.client(endpoint.plain_http, credentials);
         let path = if endpoint.repo_prefix.is_empty() {
             r.path.clone()
         } else {
@@ -615,16 +587,15 @@ impl Images {
             }
             other => other.to_oci(),
         };
-        let mut ctx = Ctx {
+        let ctx = Ctx {
             reference: r.clone(),
             endpoint,
             oref,
-            client,
             auth,
             timeout: self.progress_timeout,
             layer_limits: self.layer_limits,
             http: self.http()?,
-            authorization: None,
+            authorization: Mutex::new(None),
         };
         ctx.authorize().await?;
 
@@ -775,40 +746,12 @@ impl Images {
         Ok(id)
     }
 
-    /// A client for http or https with these credentials (building one loads the system's CA
-    /// certificates: about 100 ms).
-    fn client(&self, plain_http: bool, credentials: &Credentials) -> Client {
-        const MAX_CLIENTS: usize = 64;
-        let build = || {
-            Client::new(ClientConfig {
-                protocol: if plain_http {
-                    ClientProtocol::Http
-                } else {
-                    ClientProtocol::Https
-                },
-                connect_timeout: Some(Duration::from_secs(15)),
-                // Past berth's own no-progress timeout, which gives the clearer error.
-                read_timeout: Some(self.progress_timeout + Duration::from_secs(5)),
-                ..ClientConfig::default()
-            })
-        };
-        let Ok(mut clients) = self.clients.lock() else {
-            return build();
-        };
-        if clients.len() >= MAX_CLIENTS {
-            clients.clear();
-        }
-        clients
-            .entry((plain_http, credentials.clone()))
-            .or_insert_with(build)
-            .clone()
-    }
-
-    /// The client for the bodies berth reads itself.
+    /// The registry client, shared by pulls for its connections.
     fn http(&self) -> Result<reqwest::Client, ImageError> {
         let build = || {
             reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(15))
+                // Past berth's own no-progress timeout, which gives the clearer error.
                 .read_timeout(self.progress_timeout + Duration::from_secs(5))
                 .build()
                 .map_err(|e| ImageError::Io(format!("building an HTTP client: {e}")))
@@ -972,29 +915,24 @@ async fn unpack_layer(
     };
 
     let network = async {
-        let mut stream = tokio::time::timeout(
-            ctx.timeout,
-            ctx.client
-                .pull_blob_stream(&ctx.oref, &oci_descriptor(&desc)),
-        )
-        .await
-        .map_err(|_| ctx.stalled(&format!("layer {digest}")))?
-        .map_err(|e| ctx.map_err(e))?;
-        if stream.content_length.is_some_and(|n| n > desc.size) {
+        let mut resp = ctx
+            .get(&ctx.url("blobs", &digest), None, &format!("layer {digest}"))
+            .await?;
+        if resp.content_length().is_some_and(|n| n > desc.size) {
             return Err(ctx.longer_than_descriptor("layer", &desc));
         }
         let mut received = 0u64;
         let mut last_log = Instant::now();
         loop {
-            let next = tokio::time::timeout(ctx.timeout, stream.next())
+            let next = tokio::time::timeout(ctx.timeout, resp.chunk())
                 .await
                 .map_err(|_| ctx.stalled(&format!("layer {digest} after {received} bytes")))?;
-            let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(|e| ImageError::Registry {
+            let chunk = next.map_err(|e| ImageError::Registry {
                 reference: ctx.reference.to_string(),
                 registry: ctx.endpoint.url(),
                 detail: format!("layer {digest}: {}", error_chain(&e)),
             })?;
+            let Some(chunk) = chunk else { break };
             received += chunk.len() as u64;
             // An endless body ends here, not in the content store.
             if received > desc.size {
@@ -1548,21 +1486,6 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(err, BodyError::Stalled), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn a_blob_longer_than_its_descriptor_overflows_the_buffer() {
-        use tokio::io::AsyncWriteExt as _;
-        let mut out = BoundedBuffer {
-            data: Vec::new(),
-            max: 4,
-            overflowed: false,
-        };
-        out.write_all(b"abcd").await.unwrap();
-        assert!(!out.overflowed);
-        assert!(out.write_all(b"e").await.is_err());
-        assert!(out.overflowed);
-        assert_eq!(out.data, b"abcd");
     }
 
     #[test]
