@@ -1508,6 +1508,110 @@ mod tests {
         );
     }
 
+    /// A registry of one empty image behind a token server that hands out `token-1`,
+    /// `token-2`, ...; only the newest token is accepted, as after an expiry. Returns its
+    /// address and the tokens issued so far.
+    async fn rotating_token_registry() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+        let config_digest = sha256_digest(&config);
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MEDIA_OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[]}}"#,
+            config.len()
+        );
+        let counter = Arc::clone(&issued);
+        let realm = format!("http://{addr}/token");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (counter, realm, config, manifest, config_digest) = (
+                    Arc::clone(&counter),
+                    realm.clone(),
+                    config.clone(),
+                    manifest.clone(),
+                    config_digest.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_lowercase();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let current = format!("bearer token-{}", counter.load(Ordering::SeqCst));
+                    let authorized = head.contains(&format!("authorization: {current}\r\n"));
+                    let (status, body) = if path == "/v2/" {
+                        ("401 Unauthorized", Vec::new())
+                    } else if path.starts_with("/token") {
+                        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                        ("200 OK", format!(r#"{{"token":"token-{n}"}}"#).into_bytes())
+                    } else if !authorized {
+                        ("401 Unauthorized", Vec::new())
+                    } else if path.contains("/manifests/") {
+                        ("200 OK", manifest.into_bytes())
+                    } else if path.ends_with(&config_digest) {
+                        ("200 OK", config)
+                    } else {
+                        ("404 Not Found", Vec::new())
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nWWW-Authenticate: Bearer realm=\"{realm}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    let _ = conn.write_all(&body).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        (addr, issued)
+    }
+
+    #[tokio::test]
+    async fn a_token_refused_during_a_pull_is_renewed_once() {
+        use std::sync::atomic::Ordering;
+        let (addr, issued) = rotating_token_registry().await;
+        let dir = tempfile::tempdir().unwrap();
+        let images = images(dir.path(), &[&addr]);
+        let r = ImageRef::parse(&format!("{addr}/some/image:v1")).unwrap();
+        let endpoint = registry::endpoints(&images.registry, &r).remove(0);
+        let lease = images.leases.begin();
+        // A pull that meets no expiry gets one token.
+        images
+            .pull_from(&r, endpoint.clone(), &Credentials::Anonymous, &lease)
+            .await
+            .unwrap();
+        assert_eq!(issued.load(Ordering::SeqCst), 1);
+
+        // The token handed out first stops working: the next request gets a new one.
+        let http = images.http().unwrap();
+        let ctx = Ctx {
+            reference: r.clone(),
+            endpoint,
+            oref: Reference::with_tag(addr.clone(), "some/image".into(), "v1".into()),
+            auth: RegistryAuth::Anonymous,
+            timeout: Duration::from_secs(10),
+            layer_limits: images.layer_limits,
+            http,
+            authorization: Mutex::new(None),
+        };
+        ctx.authorize().await.unwrap();
+        assert_eq!(issued.load(Ordering::SeqCst), 2);
+        // Issued behind the context's back: token-2 is now stale.
+        let mut stale = reqwest::get(format!("http://{addr}/token")).await.unwrap();
+        while stale.chunk().await.unwrap().is_some() {}
+        let (body, _) = ctx.manifest(None).await.unwrap();
+        assert!(body.starts_with(b"{\"schemaVersion\":2"));
+        assert_eq!(issued.load(Ordering::SeqCst), 4, "one renewal");
+    }
+
     #[tokio::test]
     async fn a_registry_that_never_answers_fails_the_pull_with_a_clear_error() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
