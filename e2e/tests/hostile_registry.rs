@@ -21,6 +21,8 @@ use berth_e2e::image::{
 };
 use flate2::write::GzEncoder;
 
+/// The tag of every image the stand-ins serve.
+const TAG: &str = "v1";
 /// Short, so that the stall cases end quickly.
 const PROGRESS_TIMEOUT_SECS: u64 = 3;
 
@@ -330,7 +332,6 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
     berthd_binary()?;
     let mut routes = HashMap::new();
     let mut cases = Vec::new();
-    let gib_tag = "v1";
 
     // An ordinary image, pulled last.
     let mut layer = LayerBuilder::new();
@@ -347,7 +348,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
         );
     };
     routes.insert(
-        manifest_path("ok", gib_tag),
+        manifest_path("ok", TAG),
         Answer::json(media_type::OCI_MANIFEST, ok.manifest.data().to_vec()),
     );
     serve_blob(&mut routes, "ok", &ok.config);
@@ -357,7 +358,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
     let mut big = serde_json::json!({"schemaVersion": 2, "mediaType": media_type::OCI_MANIFEST});
     big["annotations"] = serde_json::json!({"padding": "x".repeat(5 << 20)});
     routes.insert(
-        manifest_path("big-manifest", gib_tag),
+        manifest_path("big-manifest", TAG),
         Answer::json(media_type::OCI_MANIFEST, serde_json::to_vec(&big)?),
     );
     cases.push((
@@ -368,7 +369,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
     ));
 
     routes.insert(
-        manifest_path("endless-manifest", gib_tag),
+        manifest_path("endless-manifest", TAG),
         Answer::Endless(b' '),
     );
     cases.push((
@@ -378,7 +379,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
         "an endless manifest",
     ));
 
-    routes.insert(manifest_path("stalled-manifest", gib_tag), Answer::Stall);
+    routes.insert(manifest_path("stalled-manifest", TAG), Answer::Stall);
     cases.push((
         "stalled-manifest",
         "DeadlineExceeded",
@@ -389,7 +390,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
     ));
 
     routes.insert(
-        manifest_path("malformed", gib_tag),
+        manifest_path("malformed", TAG),
         Answer::json(
             media_type::OCI_MANIFEST,
             br#"{"schemaVersion":2,"layers":["#.to_vec(),
@@ -414,7 +415,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
         })
         .collect();
     routes.insert(
-        manifest_path("many-layers", gib_tag),
+        manifest_path("many-layers", TAG),
         Answer::json(
             media_type::OCI_MANIFEST,
             manifest_json(
@@ -433,7 +434,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
     // A config whose descriptor says 5 MiB.
     let fake = Digest::sha256(b"a config of 5 MiB");
     routes.insert(
-        manifest_path("big-config", gib_tag),
+        manifest_path("big-config", TAG),
         Answer::json(
             media_type::OCI_MANIFEST,
             manifest_json(descriptor(media_type::OCI_CONFIG, &fake, 5 << 20), vec![]),
@@ -456,7 +457,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
         config_json(&[endless_layer.as_str().to_string()]),
     );
     routes.insert(
-        manifest_path("endless-layer", gib_tag),
+        manifest_path("endless-layer", TAG),
         Answer::json(
             media_type::OCI_MANIFEST,
             manifest_json(
@@ -492,7 +493,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
     );
     let mut kept = kept_after_stall(&manifest, &config);
     routes.insert(
-        manifest_path("endless-error", gib_tag),
+        manifest_path("endless-error", TAG),
         Answer::json(media_type::OCI_MANIFEST, manifest),
     );
     serve_blob(&mut routes, "endless-error", &config);
@@ -519,7 +520,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
     );
     kept.extend(kept_after_stall(&manifest, &config));
     routes.insert(
-        manifest_path("stalled-layer", gib_tag),
+        manifest_path("stalled-layer", TAG),
         Answer::json(media_type::OCI_MANIFEST, manifest),
     );
     serve_blob(&mut routes, "stalled-layer", &config);
@@ -544,7 +545,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
         config_json(&[diff_id.as_str().to_string()]),
     );
     routes.insert(
-        manifest_path("bomb", gib_tag),
+        manifest_path("bomb", TAG),
         Answer::json(
             media_type::OCI_MANIFEST,
             manifest_json(
@@ -601,7 +602,7 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
             )),
         ),
         (
-            manifest_path("ok", gib_tag),
+            manifest_path("ok", TAG),
             authorized(Answer::json(
                 media_type::OCI_MANIFEST,
                 ok.manifest.data().to_vec(),
@@ -645,14 +646,14 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
         .into_iter()
         .map(|(repo, code, message, name)| Case {
             name,
-            reference: format!("{}/{repo}:{gib_tag}", stand_in.host),
+            reference: format!("{}/{repo}:{TAG}", stand_in.host),
             code,
             message,
         })
         .collect();
     all.push(Case {
         name: "a stalled token server",
-        reference: format!("{}/any:{gib_tag}", token_registry.host),
+        reference: format!("{}/any:{TAG}", token_registry.host),
         code: "DeadlineExceeded",
         message: format!(
             "no progress for {PROGRESS_TIMEOUT_SECS} s while fetching the registry's authentication challenge or token"
@@ -660,14 +661,14 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
     });
     all.push(Case {
         name: "an oversized token answer",
-        reference: format!("{}/any:{gib_tag}", big_token_registry.host),
+        reference: format!("{}/any:{TAG}", big_token_registry.host),
         code: "FailedPrecondition",
         message: format!(
             "the answer of token server http://{}/big-token is larger than 1048576 bytes",
             tokens.host
         ),
     });
-    let long = format!("{}/{}:{gib_tag}", stand_in.host, "a".repeat(300));
+    let long = format!("{}/{}:{TAG}", stand_in.host, "a".repeat(300));
     all.push(Case {
         name: "an absurdly long reference",
         message: "more than 255".to_string(),
@@ -704,12 +705,12 @@ fn a_hostile_registry_gets_a_clear_refusal_and_leaves_nothing_behind() -> Result
     );
 
     // Still serving, and pulling.
-    let reference = format!("{}/ok:{gib_tag}", stand_in.host);
+    let reference = format!("{}/ok:{TAG}", stand_in.host);
     let out = berthd.crictl_ok(&["pull", &reference])?;
     ensure!(out.contains(ok.id().as_str()), "crictl pull printed {out}");
     berthd.crictl_ok(&["rmi", &reference])?;
     // And through a token server, whose token every request of the pull carries.
-    let reference = format!("{}/ok:{gib_tag}", bearer_registry.host);
+    let reference = format!("{}/ok:{TAG}", bearer_registry.host);
     let out = berthd.crictl_ok(&["pull", &reference])?;
     ensure!(out.contains(ok.id().as_str()), "crictl pull printed {out}");
     Ok(())

@@ -131,9 +131,8 @@ impl Ctx {
         map_oci_error(e, &self.reference, &self.endpoint)
     }
 
-    /// Asks the registry how to authenticate, once per endpoint: a token from its token
-    /// server, basic credentials, or nothing. The token goes to the registry client too, for
-    /// the blobs.
+    /// Asks the registry how to authenticate: a token from its token server, basic
+    /// credentials, or nothing. Once per endpoint, and again when a request is refused.
     async fn authorize(&self) -> Result<(), ImageError> {
         let value = match &self.auth {
             RegistryAuth::Bearer(token) => Some(format!("Bearer {token}")),
@@ -218,8 +217,8 @@ impl Ctx {
         }
     }
 
-    /// The `Authorization` the registry's `/v2/` challenge asks for, as the registry client
-    /// would answer it, but with the token server's answer read within the limits.
+    /// The `Authorization` the registry's `/v2/` challenge asks for, as docker and containerd
+    /// answer it, with the token server's answer read within the limits.
     async fn answer_challenge(&self) -> Result<Option<String>, ImageError> {
         const WHAT: &str = "the registry's authentication challenge or token";
         let scheme = if self.endpoint.plain_http {
