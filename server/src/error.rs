@@ -70,6 +70,7 @@ fn image_code(e: &ImageError) -> Code {
         ImageError::Stalled { .. } => Code::DeadlineExceeded,
         ImageError::DigestMismatch { .. }
         | ImageError::Malformed(_)
+        | ImageError::Limit(_)
         | ImageError::Unsupported(_) => Code::FailedPrecondition,
         ImageError::Io(_) | ImageError::Store(_) => Code::Internal,
     }
