@@ -115,8 +115,23 @@ save_rocksdb() {
   log "cached $lib in $dir"
 }
 
+# The shared target dir keeps every build's artifacts and grows by a few GiB a week of commits;
+# past this size it is emptied. With RocksDB cached (above) a rebuild from empty takes minutes.
+BERTH_TARGET_MAX_GIB=${BERTH_TARGET_MAX_GIB:-40}
+
+trim_target_dir() {
+  local gib
+  [ -d "$CARGO_TARGET_DIR" ] || return 0
+  gib=$(du -s --block-size=1G "$CARGO_TARGET_DIR" 2>/dev/null | cut -f1)
+  if [ "${gib:-0}" -gt "$BERTH_TARGET_MAX_GIB" ] && [ -f "$(rocksdb_cache_dir)/librocksdb.a" ]; then
+    log "target dir $CARGO_TARGET_DIR holds ${gib} GiB (limit $BERTH_TARGET_MAX_GIB): emptying it"
+    rm -rf "$CARGO_TARGET_DIR"
+  fi
+}
+
 build_berth() {
   cd "$BERTH_REPO"
+  trim_target_dir
   use_cached_rocksdb
   log "building berth (target dir $CARGO_TARGET_DIR)"
   cargo build --workspace --bins --locked
