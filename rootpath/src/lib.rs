@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{FileStat, Mode, fstat};
 
 /// As many symlinks as Linux follows in one resolution (`MAXSYMLINKS`).
 const MAX_SYMLINKS: usize = 40;
@@ -160,6 +160,13 @@ impl Root {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// The status of `rel` itself: its last component is not followed (a symlink there is
+    /// reported as one), every other one is resolved inside the root.
+    pub fn lstat(&self, rel: &Path) -> Result<FileStat, Error> {
+        let fd = self.open_at(rel, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty())?;
+        fstat(&fd).map_err(|e| Error::new(&self.path, rel, e))
+    }
+
     /// Opens the directory `rel` for reading its entries.
     pub fn open_dir(&self, rel: &Path) -> Result<OwnedFd, Error> {
         self.open_at(rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
@@ -213,16 +220,14 @@ fn openat2_in_root(
     Err(last)
 }
 
-/// `rel` without its leading `/`, and `.` for the root itself.
+/// `rel` as `openat2` takes it below the root (an absolute path is relative to the root with
+/// `RESOLVE_IN_ROOT`); `.` for the root itself. Kept byte for byte: a trailing `/.` or `/` means
+/// the name before it is followed.
 fn relative(rel: &Path) -> PathBuf {
-    let stripped: PathBuf = rel
-        .components()
-        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-        .collect();
-    if stripped.as_os_str().is_empty() {
+    if rel.as_os_str().is_empty() {
         PathBuf::from(".")
     } else {
-        stripped
+        rel.to_path_buf()
     }
 }
 
@@ -240,6 +245,10 @@ fn walk(root: BorrowedFd<'_>, rel: &Path, flags: OFlag, mode: Mode) -> nix::Resu
         let Some(current) = stack.last() else {
             return Err(Errno::EINVAL);
         };
+        if name == "." {
+            // Only ever last (see `components`): the directory reached.
+            return reopen(stack.last(), flags, mode);
+        }
         if name == ".." {
             if stack.len() > 1 {
                 stack.pop();
@@ -301,13 +310,19 @@ fn reopen(fd: Option<&OwnedFd>, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd
     )
 }
 
-/// The names of a path, `.` and empty ones dropped, `..` kept for the walk to interpret.
+/// The names of a path, `.` and empty ones dropped, `..` kept for the walk to interpret. A
+/// trailing `/` or `/.` becomes a last `.`: as in POSIX, the name before it is followed.
 fn components(path: &OsStr) -> VecDeque<OsString> {
-    path.as_bytes()
+    let bytes = path.as_bytes();
+    let mut out: VecDeque<OsString> = bytes
         .split(|b| *b == b'/')
         .filter(|part| !part.is_empty() && *part != b".")
         .map(|part| OsStr::from_bytes(part).to_os_string())
-        .collect()
+        .collect();
+    if !out.is_empty() && (bytes.ends_with(b"/") || bytes.ends_with(b"/.")) {
+        out.push_back(".".into());
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 use std::io::Write;
 use std::os::unix::fs::symlink;
 
+use nix::sys::stat::SFlag;
+
 use super::*;
 
 const MODES: [Resolve; 2] = [Resolve::Auto, Resolve::Walk];
@@ -293,5 +295,25 @@ fn the_walk_refuses_a_loop_in_create_dir_all() {
             .create_dir_all(Path::new("a/x"), Mode::from_bits_truncate(0o755))
             .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(nix::libc::ELOOP), "{mode:?}");
+    }
+}
+
+#[test]
+fn lstat_reports_a_last_symlink_itself() {
+    let f = Fixture::new();
+    f.link("dev", &f.host.path().display().to_string());
+    f.mkdir("usr");
+    f.link("lib", "usr");
+    for mode in MODES {
+        let root = f.open(mode);
+        let kind = |rel: &str| root.lstat(Path::new(rel)).unwrap().st_mode & SFlag::S_IFMT.bits();
+        assert_eq!(kind("dev"), SFlag::S_IFLNK.bits(), "{mode:?}");
+        assert_eq!(kind("/lib"), SFlag::S_IFLNK.bits(), "{mode:?}");
+        assert_eq!(kind("lib/."), SFlag::S_IFDIR.bits(), "{mode:?}");
+        assert_eq!(kind("usr"), SFlag::S_IFDIR.bits(), "{mode:?}");
+        assert_eq!(
+            root.lstat(Path::new("dev/x")).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
     }
 }
