@@ -105,6 +105,14 @@ pub enum ContainerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A file of the image's rootfs that cannot be used (a symlink loop, a directory where a
+    /// file belongs): the image is at fault.
+    #[error("container {id}: image file: {source}")]
+    ImageFile {
+        id: String,
+        #[source]
+        source: berth_rootpath::Error,
+    },
     #[error("metadata store: {0}")]
     Store(#[from] StoreError),
     #[error("corrupt record of container {0}")]
@@ -562,10 +570,24 @@ impl Containers {
                 id: id.clone(),
                 message,
             })?;
+        let image_root = berth_rootpath::Root::open(&rootfs)
+            .map_err(|e| io_err(&rootfs)(std::io::Error::from(e)))?;
+        refuse_symlinked_dev(&image_root, id)?;
         let mut volumes = Vec::new();
         for (n, path) in crate::containers::volumes::needed(image, config) {
             let vol = dir.join("volumes").join(n.to_string());
-            crate::containers::volumes::prepare(&rootfs, &path, &vol).map_err(io_err(&vol))?;
+            crate::containers::volumes::prepare(&rootfs, &path, &vol).map_err(|e| match e {
+                crate::containers::volumes::VolumeError::Image(source) => {
+                    ContainerError::ImageFile {
+                        id: id.clone(),
+                        source,
+                    }
+                }
+                crate::containers::volumes::VolumeError::Io(source) => ContainerError::Io {
+                    path: vol.clone(),
+                    source,
+                },
+            })?;
             volumes.push(crate::containers::volumes::mount(&path, &vol));
         }
         // Image volumes: a read-only view of the image's layers, mounted under the bundle and
@@ -591,8 +613,14 @@ impl Containers {
             }
         }
         let config = &config;
-        let passwd = read_in_rootfs(&rootfs, "etc/passwd");
-        let group = read_in_rootfs(&rootfs, "etc/group");
+        let in_image = |rel| {
+            read_in_rootfs(&image_root, rel).map_err(|source| ContainerError::ImageFile {
+                id: id.clone(),
+                source,
+            })
+        };
+        let passwd = in_image("etc/passwd")?;
+        let group = in_image("etc/group")?;
         let spec = spec::build(&SpecInput {
             id,
             config,
@@ -1434,12 +1462,35 @@ fn libc_sigterm() -> u32 {
     nix::sys::signal::Signal::SIGTERM as u32
 }
 
-/// A file of the image's rootfs, read without following a symlink out of it; empty if absent.
-fn read_in_rootfs(rootfs: &Path, rel: &str) -> String {
-    let path = rootfs.join(rel);
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_file() => std::fs::read_to_string(&path).unwrap_or_default(),
-        _ => String::new(),
+/// runc (1.1) mounts a tmpfs on `/dev`, resolved inside the rootfs, but then makes `/dev/fd`,
+/// `/dev/stdin`, `/dev/ptmx` and the like by a plain join under the rootfs: an image whose
+/// `/dev` is a symlink would have those made wherever it points, on the host. A `/dev` the image
+/// lacks is fine (runc makes the directory).
+fn refuse_symlinked_dev(root: &berth_rootpath::Root, id: &str) -> Result<(), ContainerError> {
+    match root.lstat(Path::new("dev")) {
+        Ok(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK => {
+            Err(ContainerError::FailedPrecondition(format!(
+                "container {id}: the image's /dev is a symlink; the runtime mounts /dev itself \
+                 and would follow it out of the rootfs"
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ContainerError::ImageFile {
+            id: id.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Bounds what berthd reads of an image's account files into memory.
+const MAX_ACCOUNT_FILE: u64 = 16 << 20;
+
+/// A file of the image's rootfs (every component resolved inside it); empty if absent.
+fn read_in_rootfs(root: &berth_rootpath::Root, rel: &str) -> Result<String, berth_rootpath::Error> {
+    match root.read_to_string(Path::new(rel), MAX_ACCOUNT_FILE) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        r => r,
     }
 }
 
@@ -1480,5 +1531,43 @@ mod tests {
         assert_eq!(parse_signal("term"), Some(15));
         assert_eq!(parse_signal("9"), Some(9));
         assert_eq!(parse_signal("SIGBOGUS"), None);
+    }
+
+    #[test]
+    fn account_files_are_read_inside_the_rootfs() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("passwd"), "u:x:4242:4242::/:/bin/sh\n").unwrap();
+        let rootfs = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(host.path(), rootfs.path().join("etc")).unwrap();
+        let root = berth_rootpath::Root::open(rootfs.path()).unwrap();
+        assert_eq!(read_in_rootfs(&root, "etc/passwd").unwrap(), "");
+
+        let inside = rootfs.path().join(host.path().strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::write(inside.join("passwd"), "u:x:1234:1234::/:/bin/sh\n").unwrap();
+        assert_eq!(
+            read_in_rootfs(&root, "etc/passwd").unwrap(),
+            "u:x:1234:1234::/:/bin/sh\n"
+        );
+        std::fs::remove_file(inside.join("passwd")).unwrap();
+        std::os::unix::fs::symlink("passwd", inside.join("passwd")).unwrap();
+        let err = read_in_rootfs(&root, "etc/passwd").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ELOOP));
+    }
+
+    #[test]
+    fn a_symlinked_dev_is_refused_and_a_missing_one_is_not() {
+        let rootfs = tempfile::tempdir().unwrap();
+        let root = berth_rootpath::Root::open(rootfs.path()).unwrap();
+        refuse_symlinked_dev(&root, "c1").unwrap();
+        std::fs::create_dir(rootfs.path().join("dev")).unwrap();
+        refuse_symlinked_dev(&root, "c1").unwrap();
+        std::fs::remove_dir(rootfs.path().join("dev")).unwrap();
+        std::os::unix::fs::symlink("/tmp", rootfs.path().join("dev")).unwrap();
+        let err = refuse_symlinked_dev(&root, "c1").unwrap_err();
+        assert!(
+            matches!(&err, ContainerError::FailedPrecondition(m) if m.contains("c1") && m.contains("/dev is a symlink")),
+            "{err}"
+        );
     }
 }
