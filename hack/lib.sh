@@ -9,13 +9,16 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$BERTH_CACHE/target}
 BERTH_BIN_DIR=$CARGO_TARGET_DIR/debug
 
 # Debian packages berth builds with (protoc, libclang for bindgen) and runs against in tests
-# (apparmor: its parser loads berth's default profile on AppArmor hosts and checks it in tests).
+# (apparmor: its parser loads berth's default profile on AppArmor hosts and checks it in tests;
+# containerd 1.6: berth-bridge runs under it in the network interop tests, and the benchmarks'
+# peer).
 BERTH_APT_PACKAGES=(
   protobuf-compiler libclang-dev clang gcc libc6-dev pkg-config
   runc crun apparmor
   busybox-static nginx-light apache2-utils docker-registry procps util-linux
   iptables nftables iproute2 containernetworking-plugins
   python3-grpcio
+  containerd
 )
 
 # Toolchains installed the usual ways, in case the caller's PATH lacks them (sudo, CI).
@@ -45,7 +48,7 @@ install_packages() {
   fi
   unpack_busybox
   # Debian enables these services on install; berth's tests start their own instances.
-  for svc in docker-registry nginx; do
+  for svc in docker-registry nginx containerd; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
       systemctl disable --now "$svc" >/dev/null 2>&1 || true
     fi
@@ -112,8 +115,23 @@ save_rocksdb() {
   log "cached $lib in $dir"
 }
 
+# The shared target dir keeps every build's artifacts and grows by a few GiB a week of commits;
+# past this size it is emptied. With RocksDB cached (above) a rebuild from empty takes minutes.
+BERTH_TARGET_MAX_GIB=${BERTH_TARGET_MAX_GIB:-40}
+
+trim_target_dir() {
+  local gib
+  [ -d "$CARGO_TARGET_DIR" ] || return 0
+  gib=$(du -s --block-size=1G "$CARGO_TARGET_DIR" 2>/dev/null | cut -f1)
+  if [ "${gib:-0}" -gt "$BERTH_TARGET_MAX_GIB" ] && [ -f "$(rocksdb_cache_dir)/librocksdb.a" ]; then
+    log "target dir $CARGO_TARGET_DIR holds ${gib} GiB (limit $BERTH_TARGET_MAX_GIB): emptying it"
+    rm -rf "$CARGO_TARGET_DIR"
+  fi
+}
+
 build_berth() {
   cd "$BERTH_REPO"
+  trim_target_dir
   use_cached_rocksdb
   log "building berth (target dir $CARGO_TARGET_DIR)"
   cargo build --workspace --bins --locked

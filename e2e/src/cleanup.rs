@@ -117,6 +117,57 @@ pub(crate) fn kill_pid_holders(shims_dir: &Path) {
     }
 }
 
+/// Removes the cgroups berthd made for the pods whose state dirs are under `sandboxes_dir`
+/// (`berth/<pod id>` and its containers' below it, in every hierarchy), once their processes
+/// are gone: a failed test leaves its pods, and their cgroups live outside the test's dir.
+pub(crate) fn remove_pod_cgroups(sandboxes_dir: &Path) {
+    remove_pod_cgroups_in(Path::new("/sys/fs/cgroup"), sandboxes_dir);
+}
+
+fn remove_pod_cgroups_in(cgroup_root: &Path, sandboxes_dir: &Path) {
+    let pods: Vec<String> = std::fs::read_dir(sandboxes_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()))
+        .collect();
+    if pods.is_empty() {
+        return;
+    }
+    // cgroup v2 (or hybrid's unified tree) at the root, v1 hierarchies one level down.
+    let mut hierarchies = vec![cgroup_root.to_path_buf()];
+    hierarchies.extend(
+        std::fs::read_dir(cgroup_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && !p.is_symlink()),
+    );
+    for hierarchy in hierarchies {
+        for id in &pods {
+            let pod = hierarchy.join("berth").join(id);
+            if pod.is_dir() {
+                remove_cgroup_tree(&pod);
+            }
+        }
+    }
+}
+
+/// rmdir of a cgroup and the cgroups below it, children first (a cgroup's files go with it).
+fn remove_cgroup_tree(dir: &Path) {
+    for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&child.path());
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => eprintln!("berth-e2e: removed leftover cgroup {}", dir.display()),
+        Err(e) => eprintln!("berth-e2e: leftover cgroup {}: {e}", dir.display()),
+    }
+}
+
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -220,6 +271,24 @@ mod tests {
 35 30 0:30 / /tmp/t/with\\040space rw - tmpfs tmpfs rw
 36 30 0:31 / /tmp/t/state/netns/cni-1 rw - nsfs nsfs rw
 ";
+
+    #[test]
+    fn pod_cgroups_of_the_test_are_removed_children_first_and_others_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("cgroup");
+        let sandboxes = tmp.path().join("sandboxes");
+        let ours = "ab12";
+        std::fs::create_dir_all(sandboxes.join(ours)).unwrap();
+        for h in ["", "memory", "cpu,cpuacct"] {
+            std::fs::create_dir_all(root.join(h).join("berth").join(ours).join("ctr1")).unwrap();
+            std::fs::create_dir_all(root.join(h).join("berth").join("cd34")).unwrap();
+        }
+        remove_pod_cgroups_in(&root, &sandboxes);
+        for h in ["", "memory", "cpu,cpuacct"] {
+            assert!(!root.join(h).join("berth").join(ours).exists(), "{h}");
+            assert!(root.join(h).join("berth").join("cd34").exists(), "{h}");
+        }
+    }
 
     #[test]
     fn mount_points_are_unescaped() {

@@ -20,7 +20,8 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use crate::cleanup::{
-    kill_containers_rooted_in, kill_pid_holders, kill_processes_mentioning, unmount_under,
+    kill_containers_rooted_in, kill_pid_holders, kill_processes_mentioning, remove_pod_cgroups,
+    unmount_under,
 };
 use crate::process::{LoggedChild, wait_until};
 use crate::registry::Registry;
@@ -365,6 +366,7 @@ impl Berthd {
             kill_containers_rooted_in(&dir);
         }
         unmount_under(&dir);
+        remove_pod_cgroups(&self.paths.state.join("sandboxes"));
         if let Some(netns_dir) = &self.options.netns_dir {
             remove_netns_files(netns_dir);
         }

@@ -542,3 +542,120 @@ fn an_image_volume_mounts_another_images_content_read_only() -> Result<()> {
     berthd.crictl_ok(&["rmp", "-f", &pod])?;
     Ok(())
 }
+
+/// An int64 of `crictl inspect`'s status: protojson prints int64 fields as strings.
+fn int64(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// The container's own cgroup limits as it sees them (runc mounts its cgroup at the top of
+/// /sys/fs/cgroup): the CFS quota and the memory limit, on cgroup v1 or v2.
+fn cgroup_limits(berthd: &Berthd, id: &str) -> Result<(i64, i64)> {
+    let out = berthd.crictl_ok(&[
+        "exec",
+        "-s",
+        id,
+        "sh",
+        "-c",
+        "if [ -f /sys/fs/cgroup/cpu.max ]; then \
+           cut -d' ' -f1 /sys/fs/cgroup/cpu.max; cat /sys/fs/cgroup/memory.max; \
+         else \
+           cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+         fi",
+    ])?;
+    let values: Vec<i64> = out
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("cgroup limits: {out:?}"))?;
+    match values[..] {
+        [quota, memory] => Ok((quota, memory)),
+        _ => anyhow::bail!("cgroup limits: {out:?}"),
+    }
+}
+
+#[test]
+fn a_resize_shows_in_container_status_and_survives_a_berthd_crash() -> Result<()> {
+    let (mut berthd, _registry) = start(7)?;
+    let dir = berthd.paths().dir.clone();
+    let pod_cfg = pod_config(&dir, "resize")?;
+    let pod = runp(&berthd, &pod_cfg)?;
+    let cfg = write_json(
+        &dir,
+        "sized.json",
+        &json!({
+            "metadata": {"name": "sized"},
+            "image": {"image": BUSYBOX},
+            "command": ["sleep", "1000"],
+            "log_path": "sized/0.log",
+            "linux": {"resources": {
+                "cpu_period": 100_000,
+                "cpu_quota": 50_000,
+                "cpu_shares": 512,
+                "memory_limit_in_bytes": 64 << 20,
+                "oom_score_adj": -999,
+            }},
+        }),
+    )?;
+    let id = create(&berthd, &pod, &cfg, &pod_cfg)?;
+    berthd.crictl_ok(&["start", &id])?;
+    // berthd clamps the score to its own; the status reports what was applied.
+    let floor: i64 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", berthd.pid()))?
+        .trim()
+        .parse()?;
+    let oom_score_adj = floor.max(-999);
+    // A node with swap accounting gets swap limited to the memory limit (no swap on top).
+    let swap_accounting = Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+        || Path::new("/sys/fs/cgroup/memory.swap.max").exists();
+    let check = |st: &Value, quota: i64, memory: i64| -> Result<()> {
+        let linux = &st["status"]["resources"]["linux"];
+        let field = |name: &str| int64(&linux[name]);
+        ensure!(
+            field("cpuPeriod") == Some(100_000)
+                && field("cpuQuota") == Some(quota)
+                && field("cpuShares") == Some(512)
+                && field("memoryLimitInBytes") == Some(memory),
+            "{st}"
+        );
+        let swap = if swap_accounting { memory } else { 0 };
+        ensure!(field("memorySwapLimitInBytes") == Some(swap), "{st}");
+        ensure!(field("oomScoreAdj") == Some(oom_score_adj), "{st}");
+        Ok(())
+    };
+    check(&inspect(&berthd, &id)?, 50_000, 64 << 20)?;
+    let limits = cgroup_limits(&berthd, &id)?;
+    ensure!(limits == (50_000, 64 << 20), "cgroup: {limits:?}");
+
+    // What kubelet does for an in-place resize.
+    berthd.crictl_ok(&[
+        "update",
+        "--cpu-quota",
+        "20000",
+        "--memory",
+        &(128i64 << 20).to_string(),
+        &id,
+    ])?;
+    check(&inspect(&berthd, &id)?, 20_000, 128 << 20)?;
+    let limits = cgroup_limits(&berthd, &id)?;
+    ensure!(limits == (20_000, 128 << 20), "cgroup: {limits:?}");
+
+    // An update the runtime refuses (a CFS period below the kernel's 1000us) changes nothing.
+    let refused = berthd.crictl(&["update", "--cpu-period", "10", &id])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && stderr.contains("update failed"),
+        "{refused:?}"
+    );
+    check(&inspect(&berthd, &id)?, 20_000, 128 << 20)?;
+
+    berthd.kill9()?;
+    berthd.start_again()?;
+    let st = inspect(&berthd, &id)?;
+    ensure!(st["status"]["state"] == "CONTAINER_RUNNING", "{st}");
+    check(&st, 20_000, 128 << 20)?;
+    let limits = cgroup_limits(&berthd, &id)?;
+    ensure!(limits == (20_000, 128 << 20), "cgroup: {limits:?}");
+
+    berthd.crictl_ok(&["rmp", "-f", &pod])?;
+    Ok(())
+}

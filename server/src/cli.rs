@@ -93,6 +93,12 @@ pub struct Flags {
     /// Seconds a pull may go without progress before it fails [default: 60].
     #[arg(long, value_name = "SECONDS", global = true)]
     pub pull_progress_timeout_secs: Option<u64>,
+    /// Most times a layer may decompress past its compressed size; 0: no limit [default: 100].
+    #[arg(long, value_name = "N", global = true)]
+    pub max_layer_expansion_ratio: Option<u64>,
+    /// Most bytes a layer may decompress to [default: 137438953472, 128 GiB].
+    #[arg(long, value_name = "BYTES", global = true)]
+    pub max_layer_uncompressed_bytes: Option<u64>,
     /// Image reported pinned (repeatable; replaces the configured list).
     #[arg(long = "pinned-image", value_name = "IMAGE", global = true)]
     pub pinned_images: Vec<String>,
@@ -153,6 +159,12 @@ impl Flags {
         }
         if let Some(v) = self.pull_progress_timeout_secs {
             c.registry.pull_progress_timeout_secs = v;
+        }
+        if let Some(v) = self.max_layer_expansion_ratio {
+            c.registry.max_layer_expansion_ratio = v;
+        }
+        if let Some(v) = self.max_layer_uncompressed_bytes {
+            c.registry.max_layer_uncompressed_bytes = v;
         }
         if !self.pinned_images.is_empty() {
             c.registry.pinned_images = self.pinned_images;

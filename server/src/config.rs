@@ -76,6 +76,10 @@ pub struct NetworkConfig {
 /// kubelet's default sandbox image, pinned by default.
 pub const DEFAULT_PINNED_IMAGE: &str = "registry.k8s.io/pause:3.10";
 
+/// 128 GiB: past the largest real layers (machine-learning images carry layers of tens of GiB),
+/// short of what fills a node's disk from a small download.
+pub const DEFAULT_MAX_LAYER_UNCOMPRESSED_BYTES: u64 = 128 << 30;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
@@ -85,6 +89,11 @@ pub struct RegistryConfig {
     pub mirrors: BTreeMap<String, Mirror>,
     /// Seconds a pull may go without receiving a byte before it fails.
     pub pull_progress_timeout_secs: u64,
+    /// A layer may decompress to at most this many times its compressed size (past 16 MiB);
+    /// 0: no ratio limit.
+    pub max_layer_expansion_ratio: u64,
+    /// A layer may decompress to at most this many bytes.
+    pub max_layer_uncompressed_bytes: u64,
     /// Images reported `pinned` (kubelet's image garbage collection never removes them).
     pub pinned_images: Vec<String>,
 }
@@ -95,6 +104,8 @@ impl Default for RegistryConfig {
             insecure: Vec::new(),
             mirrors: BTreeMap::new(),
             pull_progress_timeout_secs: 60,
+            max_layer_expansion_ratio: 100,
+            max_layer_uncompressed_bytes: DEFAULT_MAX_LAYER_UNCOMPRESSED_BYTES,
             pinned_images: vec![DEFAULT_PINNED_IMAGE.to_string()],
         }
     }
@@ -265,6 +276,19 @@ insecure = []
 # (flag: --pull-progress-timeout-secs).
 pull_progress_timeout_secs = 60
 
+# A layer is an untrusted archive: one that decompresses to more than this many times its
+# compressed size is refused as a decompression bomb, and nothing of it is kept
+# (flag: --max-layer-expansion-ratio; 0 turns the ratio check off). The ratio applies past
+# 16 MiB only, since tiny layers compress extremely well. Ordinary layers expand 2 to 10 times;
+# gzip cannot exceed about 1030, zstd can reach millions.
+max_layer_expansion_ratio = 100
+
+# No layer may decompress to more than this many bytes, whatever its compressed size
+# (flag: --max-layer-uncompressed-bytes; 128 GiB). Manifests, indexes and configs are limited
+# to 4 MiB each, images to 500 layers (what overlayfs stacks), tar entries to 1,000,000 per
+# layer and entry paths to 4096 bytes.
+max_layer_uncompressed_bytes = 137438953472
+
 # Images reported as pinned, so that kubelet's image garbage collection keeps them; by name
 # and tag or name and digest (flag: --pinned-image, repeatable, replaces the list). berth
 # needs no pause image itself; kubelet's default sandbox image is pinned as containerd pins its
@@ -371,6 +395,12 @@ impl Config {
         if self.registry.pull_progress_timeout_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "registry.pull_progress_timeout_secs",
+                message: "must be at least 1".to_string(),
+            });
+        }
+        if self.registry.max_layer_uncompressed_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "registry.max_layer_uncompressed_bytes",
                 message: "must be at least 1".to_string(),
             });
         }
@@ -624,6 +654,33 @@ endpoints = ["http://127.0.0.1:5000"]
         );
         let c = Config::parse(Path::new("c"), "[network]\ndefault_bridge = \"\"\n").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn layer_limits_parse_and_the_cap_must_be_positive() {
+        let c = Config::parse(
+            Path::new("c"),
+            "[registry]\nmax_layer_expansion_ratio = 0\nmax_layer_uncompressed_bytes = 1000\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            (
+                c.registry.max_layer_expansion_ratio,
+                c.registry.max_layer_uncompressed_bytes
+            ),
+            (0, 1000)
+        );
+        let c = Config::parse(
+            Path::new("c"),
+            "[registry]\nmax_layer_uncompressed_bytes = 0\n",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("registry.max_layer_uncompressed_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

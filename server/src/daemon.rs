@@ -195,6 +195,7 @@ pub async fn run(mut config: Config) -> Result<(), StartError> {
     let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new));
     let served = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .layer(crate::deadline::DeadlineLayer)
         .add_service(cri::runtime_service(cri, sandboxes, containers, stats))
         .add_service(cri::image_service(images))
         .add_service(task_api)

@@ -70,6 +70,7 @@ fn image_code(e: &ImageError) -> Code {
         ImageError::Stalled { .. } => Code::DeadlineExceeded,
         ImageError::DigestMismatch { .. }
         | ImageError::Malformed(_)
+        | ImageError::Limit(_)
         | ImageError::Unsupported(_) => Code::FailedPrecondition,
         ImageError::Io(_) | ImageError::Store(_) => Code::Internal,
     }
@@ -115,7 +116,8 @@ fn container_code(e: &ContainerError) -> Code {
         ContainerError::NameInUse { .. } => Code::AlreadyExists,
         ContainerError::Ambiguous(_)
         | ContainerError::PodNotReady(_)
-        | ContainerError::FailedPrecondition(_) => Code::FailedPrecondition,
+        | ContainerError::FailedPrecondition(_)
+        | ContainerError::ImageFile { .. } => Code::FailedPrecondition,
         ContainerError::Timeout(_) => Code::DeadlineExceeded,
         ContainerError::Task { .. } | ContainerError::Rootfs { .. } => Code::Unknown,
         ContainerError::Image(e) => image_code(e),

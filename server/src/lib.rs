@@ -11,6 +11,7 @@ pub mod config;
 pub mod containers;
 pub mod cri;
 pub mod daemon;
+pub mod deadline;
 pub mod error;
 pub mod images;
 pub mod node;

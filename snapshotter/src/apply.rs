@@ -38,6 +38,12 @@ const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 /// Symlinks followed while resolving one path before giving up (Linux allows 40).
 const MAX_SYMLINKS: usize = 255;
+/// Tar entries one layer may hold. The largest real layers (a full distribution, a Python or
+/// Node tree) hold a few hundred thousand files; a million empty files cost an ext4 node of
+/// 100 GiB a sixth of its inodes, from a layer of a few MiB.
+pub const MAX_ENTRIES: u64 = 1_000_000;
+/// The longest entry path or link target, in bytes: Linux's `PATH_MAX`.
+pub const MAX_PATH_BYTES: usize = 4096;
 
 /// What an applied layer held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,6 +73,15 @@ pub enum ApplyError {
     },
     #[error("layer entry {entry}: invalid whiteout")]
     InvalidWhiteout { entry: PathBuf },
+    #[error("layer holds more than {MAX_ENTRIES} tar entries")]
+    TooManyEntries,
+    #[error("layer entry {entry}...: {what} of {len} bytes, longer than {MAX_PATH_BYTES}")]
+    PathTooLong {
+        /// The first bytes of the path.
+        entry: String,
+        what: &'static str,
+        len: usize,
+    },
 }
 
 /// Applies the uncompressed layer tar read from `reader` to `dest`, an overlay upper directory.
@@ -79,6 +94,10 @@ pub fn apply_layer<R: Read>(reader: R, dest: &Path) -> Result<ApplyStats, ApplyE
     for entry in archive.entries().map_err(ApplyError::Read)? {
         let mut entry = entry.map_err(ApplyError::Read)?;
         stats.entries += 1;
+        if stats.entries > MAX_ENTRIES {
+            return Err(ApplyError::TooManyEntries);
+        }
+        check_length(&entry)?;
         let name = entry.path().map_err(ApplyError::Read)?.into_owned();
         let wrap = |source: io::Error| ApplyError::Entry {
             entry: name.clone(),
@@ -228,6 +247,25 @@ pub fn apply_layer<R: Read>(reader: R, dest: &Path) -> Result<ApplyStats, ApplyE
         })?;
     }
     Ok(stats)
+}
+
+/// Refuses an entry whose path or link target is longer than the kernel takes.
+fn check_length<R: Read>(entry: &tar::Entry<'_, R>) -> Result<(), ApplyError> {
+    let path = entry.path_bytes();
+    let too_long = |what, len| ApplyError::PathTooLong {
+        entry: String::from_utf8_lossy(&path[..path.len().min(64)]).into_owned(),
+        what,
+        len,
+    };
+    if path.len() > MAX_PATH_BYTES {
+        return Err(too_long("path", path.len()));
+    }
+    if let Some(target) = entry.link_name_bytes()
+        && target.len() > MAX_PATH_BYTES
+    {
+        return Err(too_long("link target", target.len()));
+    }
+    Ok(())
 }
 
 /// The metadata of an entry, PAX records applied.
@@ -498,6 +536,120 @@ mod tests {
             resolve_in_root(root.path(), Path::new("rel/x")).unwrap(),
             PathBuf::from("d/x")
         );
+    }
+
+    /// A tar of `n` empty global PAX headers, produced as it is read.
+    struct GlobalHeaders {
+        block: [u8; 512],
+        left: u64,
+        pos: usize,
+        trailer: usize,
+    }
+
+    impl GlobalHeaders {
+        fn new(n: u64) -> Self {
+            let mut header = tar::Header::new_ustar();
+            header.set_entry_type(tar::EntryType::XGlobalHeader);
+            header.set_size(0);
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            header.set_path("g").unwrap();
+            header.set_cksum();
+            let mut block = [0u8; 512];
+            block.copy_from_slice(header.as_bytes());
+            GlobalHeaders {
+                block,
+                left: n,
+                pos: 0,
+                trailer: 1024,
+            }
+        }
+    }
+
+    impl Read for GlobalHeaders {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                let n = buf.len().min(self.trailer);
+                buf[..n].fill(0);
+                self.trailer -= n;
+                return Ok(n);
+            }
+            let n = buf.len().min(512 - self.pos);
+            buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+            self.pos += n;
+            if self.pos == 512 {
+                self.pos = 0;
+                self.left -= 1;
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_layer_of_more_than_a_million_entries_is_refused() {
+        let dest = tempfile::tempdir().unwrap();
+        let stats = apply_layer(GlobalHeaders::new(MAX_ENTRIES), dest.path()).unwrap();
+        assert_eq!(stats.entries, MAX_ENTRIES);
+        let err = apply_layer(GlobalHeaders::new(MAX_ENTRIES + 1), dest.path()).unwrap_err();
+        assert!(matches!(err, ApplyError::TooManyEntries), "{err}");
+        assert!(err.to_string().contains("1000000"), "{err}");
+    }
+
+    #[test]
+    fn paths_and_link_targets_past_path_max_are_refused() {
+        let long = format!("{}/f", "d".repeat(MAX_PATH_BYTES));
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, &long, io::empty())
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let err = apply_layer(tar.as_slice(), dest.path()).unwrap_err();
+        assert!(
+            matches!(&err, ApplyError::PathTooLong { what: "path", len, .. } if *len == long.len()),
+            "{err}"
+        );
+        assert!(err.to_string().len() < 200, "{err}");
+        assert_eq!(fs::read_dir(dest.path()).unwrap().count(), 0);
+
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        builder
+            .append_link(&mut header, "link", "t".repeat(MAX_PATH_BYTES + 1))
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let err = apply_layer(tar.as_slice(), dest.path()).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ApplyError::PathTooLong {
+                    what: "link target",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // At the limit, a path is fine.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o644);
+        header.set_uid(nix::unistd::getuid().as_raw().into());
+        header.set_gid(nix::unistd::getgid().as_raw().into());
+        header.set_mtime(0);
+        builder
+            .append_data(&mut header, "f".repeat(255), io::empty())
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        apply_layer(tar.as_slice(), dest.path()).unwrap();
     }
 
     #[test]

@@ -24,12 +24,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -501,21 +504,41 @@ fn check_parent(index: &HashMap<String, Record>, parent: Option<&str>) -> Result
 }
 
 /// Disk use of the tree at `root`: allocated bytes (as `du`) and inodes, each hard-linked
-/// inode counted once. The root directory counts.
+/// inode counted once. The root directory counts. The tree is a running container's upper
+/// directory, which it may change under the walk: directories are opened by descriptor from
+/// their parent with `O_NOFOLLOW`, so one swapped for a symlink is never followed out.
 fn disk_usage(root: &Path) -> io::Result<Usage> {
-    let mut usage = Usage::default();
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let top = nix::fcntl::open(root, dir_flags, Mode::empty())?;
+    let meta = fstat(&top)?;
+    let mut usage = Usage {
+        inodes: 1,
+        bytes: u64::try_from(meta.st_blocks).unwrap_or(0) * 512,
+    };
     let mut seen = HashSet::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        let meta = fs::symlink_metadata(&path)?;
-        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
-            continue;
-        }
-        usage.inodes += 1;
-        usage.bytes += meta.blocks() * 512;
-        if meta.is_dir() {
-            for entry in fs::read_dir(&path)? {
-                pending.push(entry?.path());
+    let mut pending = vec![top];
+    while let Some(dir) = pending.pop() {
+        // The entries of exactly the directory held open.
+        for entry in fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))? {
+            let name = entry?.file_name();
+            let meta = match fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(m) => m,
+                // Removed by the container meanwhile.
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let is_dir = meta.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
+            if meta.st_nlink > 1 && !is_dir && !seen.insert((meta.st_dev, meta.st_ino)) {
+                continue;
+            }
+            usage.inodes += 1;
+            usage.bytes += u64::try_from(meta.st_blocks).unwrap_or(0) * 512;
+            if is_dir {
+                match openat(&dir, name.as_os_str(), dir_flags, Mode::empty()) {
+                    Ok(sub) => pending.push(sub),
+                    Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
     }

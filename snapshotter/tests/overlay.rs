@@ -257,6 +257,22 @@ fn usage_counts_the_own_layer_and_hard_links_once() {
     assert_eq!(s.usage("top").unwrap().inodes, 1, "parents do not count");
 }
 
+#[test]
+fn usage_never_follows_a_symlink_out_of_the_layer() {
+    let host = tempfile::tempdir().unwrap();
+    for n in 0..10 {
+        fs::write(host.path().join(n.to_string()), vec![1_u8; 10_000]).unwrap();
+    }
+    let root = tempfile::tempdir().unwrap();
+    let s = OverlaySnapshotter::open(root.path()).unwrap();
+    let mounts = s.prepare("c", None, no_labels()).unwrap();
+    let dir = upper_dir(&mounts);
+    std::os::unix::fs::symlink(host.path(), dir.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../..", dir.join("up")).unwrap();
+    let Usage { inodes, .. } = s.usage("c").unwrap();
+    assert_eq!(inodes, 3, "root and the two links, nothing behind them");
+}
+
 /// Unmounts on drop, so a failed assertion leaves no mount behind.
 struct MountGuard(PathBuf);
 

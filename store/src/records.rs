@@ -22,6 +22,7 @@
 //!   int32 exit_code = 10;  string reason = 11;  string message = 12;
 //!   map<string, string> labels = 13;  map<string, string> annotations = 14;
 //!   string log_path = 15;  bytes config = 16;
+//!   optional bytes resources = 17;  optional bytes resources_update = 18;
 //! }
 //! enum ContainerState { CREATING = 0; CREATED = 1; RUNNING = 2; EXITED = 3; UNKNOWN = 4; REMOVING = 5; }
 //!
@@ -36,6 +37,10 @@
 //! }
 //! message LeaseResource { string kind = 1; string id = 2; }
 //! ```
+//!
+//! `resources` and `resources_update` were added in schema version 1 without a bump (see the rule in
+//! the crate docs): a record written before them decodes with both absent (`None`), which is not
+//! the same as present and empty (an encoded message whose every field is zero).
 //!
 //! Maps are `BTreeMap`s so that a record always encodes to the same bytes.
 //! `Creating` is the zero value of both state enums: a record written before any side effect
@@ -213,6 +218,14 @@ pub struct ContainerRecord {
     /// The daemon's encoded CRI config; the store never interprets it.
     #[prost(bytes = "vec", tag = "16")]
     pub config: Vec<u8>,
+    /// The container's Linux resources as applied (the daemon's encoded CRI
+    /// `LinuxContainerResources`); `None` in records written before the field existed.
+    #[prost(bytes = "vec", optional, tag = "17")]
+    pub resources: Option<Vec<u8>>,
+    /// An UpdateContainerResources the runtime may not have applied yet (the daemon's encoded
+    /// CRI request), written before the runtime is asked and cleared once it answered.
+    #[prost(bytes = "vec", optional, tag = "18")]
+    pub resources_update: Option<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -362,6 +375,8 @@ mod tests {
             annotations: map(&[("c", "d")]),
             log_path: "/log".into(),
             config: vec![9],
+            resources: Some(vec![8]),
+            resources_update: Some(Vec::new()),
         };
         record.set_state(ContainerState::Exited);
 
@@ -382,9 +397,32 @@ mod tests {
         map_entry(14, "c", "d", &mut want);
         bytes_field(15, b"/log", &mut want);
         bytes_field(16, &[9], &mut want);
+        bytes_field(17, &[8], &mut want);
+        bytes_field(18, &[], &mut want);
 
         assert_eq!(record.encode_to_vec(), want);
         assert_eq!(ContainerRecord::decode(want.as_slice()).unwrap(), record);
+    }
+
+    #[test]
+    fn container_record_without_resources_decodes_with_them_absent() {
+        // What a berthd before tags 17 and 18 wrote.
+        let mut old = Vec::new();
+        bytes_field(1, b"i", &mut old);
+        int_field(5, 2, &mut old);
+        bytes_field(16, &[9], &mut old);
+        let record = ContainerRecord::decode(old.as_slice()).unwrap();
+        assert_eq!(
+            (record.id.as_str(), record.state()),
+            ("i", ContainerState::Running)
+        );
+        assert_eq!(record.resources, None);
+        assert_eq!(record.resources_update, None);
+        assert_eq!(
+            record.encode_to_vec(),
+            old,
+            "absent fields stay absent when written back"
+        );
     }
 
     #[test]

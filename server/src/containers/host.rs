@@ -104,6 +104,10 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// Directories below a device dir walked for a privileged container that are skipped.
+const HOST_DIRS_WITHOUT_DEVICES: &[&str] =
+    &["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+
 /// The real host.
 pub struct LinuxHost;
 
@@ -166,8 +170,12 @@ impl LinuxHost {
     }
 
     fn walk(root: &Path, dir: &Path, out: &mut Vec<HostDevice>) -> Result<(), String> {
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            // Removed while we walked (a tmpfs user's scratch dir): nothing to give.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != root => return Ok(()),
+            Err(e) => return Err(format!("reading {}: {e}", dir.display())),
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -175,6 +183,14 @@ impl LinuxHost {
             };
             let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
             if meta.is_dir() {
+                // As runc's device list: these hold no device nodes of the host's to give a
+                // privileged container (the container gets its own), only whatever processes
+                // keep there, which may be deep, changing or huge.
+                if dir == root
+                    && HOST_DIRS_WITHOUT_DEVICES.contains(&entry.file_name().to_str().unwrap_or(""))
+                {
+                    continue;
+                }
                 Self::walk(root, &path, out)?;
             } else if let Some(d) = Self::device(&path, &relative, &meta) {
                 out.push(d);
@@ -289,5 +305,30 @@ mod tests {
                 .is_empty()
         );
         assert!(LinuxHost.devices(Path::new("/etc/hostname")).is_err());
+    }
+
+    #[test]
+    fn a_device_walk_skips_shm_pts_and_mqueue_as_runc_does() {
+        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for sub in ["shm", "pts/x", "mqueue", "snd"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+            // As root (the tests' premise): a node like /dev/null's.
+            mknod(
+                &root.join(sub).join("null"),
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(1, 3),
+            )
+            .unwrap();
+        }
+        let found: Vec<PathBuf> = LinuxHost
+            .devices(root)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.relative)
+            .collect();
+        assert_eq!(found, vec![PathBuf::from("snd/null")]);
     }
 }

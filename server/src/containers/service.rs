@@ -8,11 +8,18 @@
 //! start:   Created -> shim Start -> Running (a monitor awaits shim Wait and records the exit)
 //! stop:    Running -> stop signal, SIGKILL after the timeout -> Exited
 //! remove:  (stop) -> record(Removing) -> shim Delete, unmount, snapshot and dirs removed
+//! update:  record(resources_update) -> shim Update -> record(resources, no resources_update)
 //! ```
 //!
 //! The record is written (state `Creating`) before any side effect; a failed create undoes
 //! what it did and deletes the record. The shim and the mounts are seams ([`Tasks`],
 //! [`RootfsMounter`]).
+//!
+//! The record keeps the container's resources as applied (what ContainerStatus reports): those
+//! of its spec from the moment it is Created, merged with each update the runtime accepted. An
+//! update is recorded before the shim is asked and its result only once the shim answered, so
+//! a refused update changes nothing; one a crash interrupted, whose outcome nobody knows, is
+//! applied again when berthd recovers the container.
 //!
 //! # On disk
 //!
@@ -36,6 +43,7 @@ use tokio::io::AsyncReadExt;
 use tokio::runtime::Handle;
 
 use crate::containers::host::{Host, LinuxHost};
+use crate::containers::resources;
 use crate::containers::spec::{self, NodeFacts, PodContext, SpecError, SpecInput};
 use crate::containers::tasks::{Exit, RootfsMounter, TaskError, TaskState, Tasks};
 use crate::images::{ImageError, Images, chain_ids};
@@ -96,6 +104,14 @@ pub enum ContainerError {
     Io {
         path: PathBuf,
         source: std::io::Error,
+    },
+    /// A file of the image's rootfs that cannot be used (a symlink loop, a directory where a
+    /// file belongs): the image is at fault.
+    #[error("container {id}: image file: {source}")]
+    ImageFile {
+        id: String,
+        #[source]
+        source: berth_rootpath::Error,
     },
     #[error("metadata store: {0}")]
     Store(#[from] StoreError),
@@ -462,8 +478,11 @@ impl Containers {
             )
         });
         match result {
-            Ok(()) => {
-                self.update(&id, |r| r.set_state(ContainerState::Created))?;
+            Ok(applied) => {
+                self.update(&id, |r| {
+                    r.set_state(ContainerState::Created);
+                    r.resources = Some(applied.encode_to_vec());
+                })?;
                 tracing::info!(container.id = %id, pod.id = %pod.record.id, "container created");
                 Ok(id)
             }
@@ -520,6 +539,8 @@ impl Containers {
         }
     }
 
+    /// Create's side effects, up to the task in the shim; returns the resources its spec
+    /// applies.
     #[allow(clippy::too_many_arguments)]
     fn set_up(
         &self,
@@ -534,7 +555,7 @@ impl Containers {
         progress: &mut Progress,
         facts: &NodeFacts,
         target_pid: Option<u32>,
-    ) -> Result<(), ContainerError> {
+    ) -> Result<LinuxContainerResources, ContainerError> {
         let id = &record.id;
         let dir = self.dir(id);
         let rootfs = dir.join("rootfs");
@@ -549,10 +570,24 @@ impl Containers {
                 id: id.clone(),
                 message,
             })?;
+        let image_root = berth_rootpath::Root::open(&rootfs)
+            .map_err(|e| io_err(&rootfs)(std::io::Error::from(e)))?;
+        refuse_symlinked_dev(&image_root, id)?;
         let mut volumes = Vec::new();
         for (n, path) in crate::containers::volumes::needed(image, config) {
             let vol = dir.join("volumes").join(n.to_string());
-            crate::containers::volumes::prepare(&rootfs, &path, &vol).map_err(io_err(&vol))?;
+            crate::containers::volumes::prepare(&rootfs, &path, &vol).map_err(|e| match e {
+                crate::containers::volumes::VolumeError::Image(source) => {
+                    ContainerError::ImageFile {
+                        id: id.clone(),
+                        source,
+                    }
+                }
+                crate::containers::volumes::VolumeError::Io(source) => ContainerError::Io {
+                    path: vol.clone(),
+                    source,
+                },
+            })?;
             volumes.push(crate::containers::volumes::mount(&path, &vol));
         }
         // Image volumes: a read-only view of the image's layers, mounted under the bundle and
@@ -578,8 +613,14 @@ impl Containers {
             }
         }
         let config = &config;
-        let passwd = read_in_rootfs(&rootfs, "etc/passwd");
-        let group = read_in_rootfs(&rootfs, "etc/group");
+        let in_image = |rel| {
+            read_in_rootfs(&image_root, rel).map_err(|source| ContainerError::ImageFile {
+                id: id.clone(),
+                source,
+            })
+        };
+        let passwd = in_image("etc/passwd")?;
+        let group = in_image("etc/group")?;
         let spec = spec::build(&SpecInput {
             id,
             config,
@@ -611,7 +652,7 @@ impl Containers {
         self.tasks
             .create(&record.sandbox_id, id, &dir, &log)
             .map_err(Self::task_err(id))?;
-        Ok(())
+        Ok(resources::from_spec(&spec))
     }
 
     /// Undoes create's side effects (each step idempotent).
@@ -969,8 +1010,9 @@ impl Containers {
     /// At start, after the pods' shims are reconnected: containers a crash left in creation
     /// are rolled back, interrupted removals finished; created and running ones are reconciled
     /// with their shim (still running: watched again; exited while berthd was down: the real
-    /// exit; gone with its shim: exited with a reason, its rootfs unmounted). Errors are logged
-    /// per container, never fatal.
+    /// exit; gone with its shim: exited with a reason, its rootfs unmounted), and resource
+    /// updates a crash interrupted applied again or dropped. Errors are logged per container,
+    /// never fatal.
     pub fn recover(self: &Arc<Self>) -> Result<(), ContainerError> {
         let mut live = Vec::new();
         for record in self.store.list::<ContainerRecord>()? {
@@ -991,7 +1033,9 @@ impl Containers {
                     live.push(record);
                     Ok(())
                 }
-                ContainerState::Exited | ContainerState::Unknown => Ok(()),
+                ContainerState::Exited | ContainerState::Unknown => {
+                    self.finish_resources_update(&record, false)
+                }
             };
             if let Err(e) = result {
                 tracing::error!(container.id = %id, error = %e, "recovering container");
@@ -1013,13 +1057,13 @@ impl Containers {
                 exit: Some(exit), ..
             }) => {
                 self.record_exit(pod, id, exit);
-                Ok(())
+                self.finish_resources_update(record, false)
             }
             Ok(_) => {
                 if record.state() == ContainerState::Running {
                     self.monitor(pod, id);
                 }
-                Ok(())
+                self.finish_resources_update(record, true)
             }
             Err(e) => {
                 tracing::warn!(container.id = %id, error = %e, "container's task is gone");
@@ -1034,6 +1078,7 @@ impl Containers {
                     r.exit_code = 255;
                     r.reason = "Unknown".into();
                     r.message = format!("the container's shim is gone: {e}");
+                    r.resources_update = None;
                 })?;
                 self.mounts
                     .unmount(&self.dir(id).join("rootfs"))
@@ -1051,6 +1096,32 @@ impl Containers {
             .find(id)?
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         self.decode(record)
+    }
+
+    /// The container's Linux resources as applied: from its record, or for a record written
+    /// before berth kept them, from its bundle's spec; `None` when neither says.
+    pub fn resources(
+        &self,
+        record: &ContainerRecord,
+    ) -> Result<Option<LinuxContainerResources>, ContainerError> {
+        match &record.resources {
+            Some(bytes) => LinuxContainerResources::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|_| ContainerError::CorruptRecord(record.id.clone())),
+            None => Ok(self.bundle_resources(&record.id)),
+        }
+    }
+
+    fn bundle_resources(&self, id: &str) -> Option<LinuxContainerResources> {
+        let path = self.dir(id).join("config.json");
+        let bytes = std::fs::read(&path).ok()?;
+        match serde_json::from_slice::<oci_spec::runtime::Spec>(&bytes) {
+            Ok(spec) => Some(resources::from_spec(&spec)),
+            Err(e) => {
+                tracing::warn!(container.id = %id, path = %path.display(), error = %e, "unreadable spec");
+                None
+            }
+        }
     }
 
     /// The init pid of a running container (0 otherwise) and its bundle.
@@ -1119,14 +1190,23 @@ impl Containers {
             .map_err(Self::task_err(&record.id))
     }
 
-    /// UpdateContainerResources: `runc update` through the shim.
+    /// UpdateContainerResources: `runc update` through the shim, then the record's resources
+    /// merged with what was applied. The request is recorded first (a crash leaves it for
+    /// [`Containers::recover`]); a refused update leaves the recorded resources as they were.
     pub fn update_resources(
         &self,
         id: &str,
-        resources: &LinuxContainerResources,
+        update: &LinuxContainerResources,
     ) -> Result<(), ContainerError> {
         let record = self
             .find(id)?
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        // One update at a time per container, none racing its start, stop or removal: the
+        // recorded merge must follow the order the runtime applied them in.
+        let op = self.op_lock(&record.id);
+        let _op = lock(&op);
+        let record = self
+            .find(&record.id)?
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         if !matches!(
             record.state(),
@@ -1137,17 +1217,78 @@ impl Containers {
                 record.id
             )));
         }
+        let (json, applied) = self.plan_update(&record, update)?;
+        let id = record.id.as_str();
+        self.update(id, |r| r.resources_update = Some(update.encode_to_vec()))?;
+        let result = self
+            .tasks
+            .update(&record.sandbox_id, id, json, HashMap::new())
+            .map_err(Self::task_err(id));
+        self.update(id, |r| {
+            r.resources_update = None;
+            if result.is_ok() {
+                r.resources = Some(applied.encode_to_vec());
+            }
+        })?;
+        result
+    }
+
+    /// What an update of `record`'s container sends to its shim (OCI resources, as JSON), and
+    /// the container's resources once the runtime applied it.
+    fn plan_update(
+        &self,
+        record: &ContainerRecord,
+        update: &LinuxContainerResources,
+    ) -> Result<(Vec<u8>, LinuxContainerResources), ContainerError> {
         let handler = self
             .sandboxes
             .status(&record.sandbox_id)
             .map(|p| p.record.runtime_handler)
             .unwrap_or_default();
-        let oci = spec::linux_resources(resources, &self.node_facts(&handler))?;
+        let oci = spec::linux_resources(update, &self.node_facts(&handler))?;
         let json =
             serde_json::to_vec(&oci).map_err(|e| ContainerError::InvalidConfig(e.to_string()))?;
-        self.tasks
-            .update(&record.sandbox_id, &record.id, json, HashMap::new())
-            .map_err(Self::task_err(&record.id))
+        let mut applied = self.resources(record)?.unwrap_or_default();
+        resources::apply(&mut applied, &oci);
+        Ok((json, applied))
+    }
+
+    /// At recovery: an update a crash interrupted is applied again while the container lives
+    /// (the runtime may or may not have applied it), and dropped otherwise.
+    fn finish_resources_update(
+        &self,
+        record: &ContainerRecord,
+        alive: bool,
+    ) -> Result<(), ContainerError> {
+        let Some(bytes) = record.resources_update.as_ref().filter(|_| alive) else {
+            if record.resources_update.is_some() {
+                self.update(&record.id, |r| r.resources_update = None)?;
+            }
+            return Ok(());
+        };
+        let id = record.id.as_str();
+        let reapplied = LinuxContainerResources::decode(bytes.as_slice())
+            .map_err(|_| ContainerError::CorruptRecord(id.to_string()))
+            .and_then(|update| {
+                let (json, applied) = self.plan_update(record, &update)?;
+                self.tasks
+                    .update(&record.sandbox_id, id, json, HashMap::new())
+                    .map_err(Self::task_err(id))?;
+                Ok(applied)
+            });
+        match &reapplied {
+            Ok(_) => tracing::info!(container.id = %id, "interrupted resource update applied"),
+            Err(e) => {
+                tracing::warn!(container.id = %id, error = %e, "interrupted resource update dropped")
+            }
+        }
+        self.update(id, |r| {
+            r.resources_update = None;
+            if let Ok(applied) = &reapplied {
+                r.resources = Some(applied.encode_to_vec());
+            }
+        })?;
+        Ok(())
     }
 
     /// ExecSync: runs `cmd` in the container and collects its output. Blocking; call from a
@@ -1321,12 +1462,35 @@ fn libc_sigterm() -> u32 {
     nix::sys::signal::Signal::SIGTERM as u32
 }
 
-/// A file of the image's rootfs, read without following a symlink out of it; empty if absent.
-fn read_in_rootfs(rootfs: &Path, rel: &str) -> String {
-    let path = rootfs.join(rel);
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_file() => std::fs::read_to_string(&path).unwrap_or_default(),
-        _ => String::new(),
+/// runc (1.1) mounts a tmpfs on `/dev`, resolved inside the rootfs, but then makes `/dev/fd`,
+/// `/dev/stdin`, `/dev/ptmx` and the like by a plain join under the rootfs: an image whose
+/// `/dev` is a symlink would have those made wherever it points, on the host. A `/dev` the image
+/// lacks is fine (runc makes the directory).
+fn refuse_symlinked_dev(root: &berth_rootpath::Root, id: &str) -> Result<(), ContainerError> {
+    match root.lstat(Path::new("dev")) {
+        Ok(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK => {
+            Err(ContainerError::FailedPrecondition(format!(
+                "container {id}: the image's /dev is a symlink; the runtime mounts /dev itself \
+                 and would follow it out of the rootfs"
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ContainerError::ImageFile {
+            id: id.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Bounds what berthd reads of an image's account files into memory.
+const MAX_ACCOUNT_FILE: u64 = 16 << 20;
+
+/// A file of the image's rootfs (every component resolved inside it); empty if absent.
+fn read_in_rootfs(root: &berth_rootpath::Root, rel: &str) -> Result<String, berth_rootpath::Error> {
+    match root.read_to_string(Path::new(rel), MAX_ACCOUNT_FILE) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        r => r,
     }
 }
 
@@ -1367,5 +1531,43 @@ mod tests {
         assert_eq!(parse_signal("term"), Some(15));
         assert_eq!(parse_signal("9"), Some(9));
         assert_eq!(parse_signal("SIGBOGUS"), None);
+    }
+
+    #[test]
+    fn account_files_are_read_inside_the_rootfs() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("passwd"), "u:x:4242:4242::/:/bin/sh\n").unwrap();
+        let rootfs = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(host.path(), rootfs.path().join("etc")).unwrap();
+        let root = berth_rootpath::Root::open(rootfs.path()).unwrap();
+        assert_eq!(read_in_rootfs(&root, "etc/passwd").unwrap(), "");
+
+        let inside = rootfs.path().join(host.path().strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::write(inside.join("passwd"), "u:x:1234:1234::/:/bin/sh\n").unwrap();
+        assert_eq!(
+            read_in_rootfs(&root, "etc/passwd").unwrap(),
+            "u:x:1234:1234::/:/bin/sh\n"
+        );
+        std::fs::remove_file(inside.join("passwd")).unwrap();
+        std::os::unix::fs::symlink("passwd", inside.join("passwd")).unwrap();
+        let err = read_in_rootfs(&root, "etc/passwd").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ELOOP));
+    }
+
+    #[test]
+    fn a_symlinked_dev_is_refused_and_a_missing_one_is_not() {
+        let rootfs = tempfile::tempdir().unwrap();
+        let root = berth_rootpath::Root::open(rootfs.path()).unwrap();
+        refuse_symlinked_dev(&root, "c1").unwrap();
+        std::fs::create_dir(rootfs.path().join("dev")).unwrap();
+        refuse_symlinked_dev(&root, "c1").unwrap();
+        std::fs::remove_dir(rootfs.path().join("dev")).unwrap();
+        std::os::unix::fs::symlink("/tmp", rootfs.path().join("dev")).unwrap();
+        let err = refuse_symlinked_dev(&root, "c1").unwrap_err();
+        assert!(
+            matches!(&err, ContainerError::FailedPrecondition(m) if m.contains("c1") && m.contains("/dev is a symlink")),
+            "{err}"
+        );
     }
 }

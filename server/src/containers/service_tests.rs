@@ -144,6 +144,7 @@ impl RootfsMounter for FakeMounts {
 struct FakeTasks {
     calls: Mutex<Vec<String>>,
     fail_create: Mutex<bool>,
+    fail_update: Mutex<bool>,
     ignore_term: Mutex<bool>,
     exits: Mutex<HashMap<String, tokio::sync::watch::Sender<Option<Exit>>>>,
 }
@@ -227,6 +228,9 @@ impl Tasks for FakeTasks {
         annotations: HashMap<String, String>,
     ) -> Result<(), TaskError> {
         self.call(format!("update {id} {annotations:?}"));
+        if *self.fail_update.lock().unwrap() {
+            return Err(TaskError::Failed("runc update failed: no".into()));
+        }
         Ok(())
     }
     fn wait(&self, _: &str, id: &str, exec_id: &str) -> WaitFuture {
@@ -260,10 +264,46 @@ const POD: &str = "pod0000000000000000000000000000000000000000000000000000000000
 const IMAGE: &str = "docker.io/library/busybox:1";
 
 fn fixture() -> Fixture {
+    fixture_with(BTreeMap::new())
+}
+
+/// A fixture whose node has `facts` (by runtime handler; the pod's is `""`).
+fn fixture_with(facts: BTreeMap<String, NodeFacts>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = Store::in_memory();
-    let state = dir.path().join("state");
+    let tasks = Arc::new(FakeTasks::default());
+    let mounts = Arc::new(FakeMounts::default());
+    let snapshots = Arc::new(FakeSnapshots::default());
+    let containers = service(
+        dir.path(),
+        &store,
+        &rt,
+        (tasks.clone(), mounts.clone(), snapshots.clone()),
+        facts,
+    );
+    Fixture {
+        dir,
+        rt,
+        store,
+        tasks,
+        mounts,
+        snapshots,
+        containers,
+    }
+}
+
+/// A container service on `store` and the state under `dir`, as berthd makes one at start; the
+/// pod and the image are put in the store if they are not there.
+fn service(
+    dir: &Path,
+    store: &Store,
+    rt: &tokio::runtime::Runtime,
+    (tasks, mounts, snapshots): (Arc<FakeTasks>, Arc<FakeMounts>, Arc<FakeSnapshots>),
+    facts: BTreeMap<String, NodeFacts>,
+) -> Arc<Containers> {
+    let store = store.clone();
+    let state = dir.join("state");
     let sandboxes = Arc::new(Sandboxes::new(
         store.clone(),
         SandboxDirs::new(state.clone()),
@@ -275,7 +315,7 @@ fn fixture() -> Fixture {
         Arc::new(NoCgroups),
     ));
     let images = Images::open(
-        &dir.path().join("root"),
+        &dir.join("root"),
         store.clone(),
         RegistryConfig::default(),
         None,
@@ -288,7 +328,7 @@ fn fixture() -> Fixture {
             uid: "u1".into(),
             attempt: 0,
         }),
-        log_directory: dir.path().join("logs").display().to_string(),
+        log_directory: dir.join("logs").display().to_string(),
         ..Default::default()
     };
     let mut pod = SandboxRecord {
@@ -302,7 +342,9 @@ fn fixture() -> Fixture {
         ..Default::default()
     };
     pod.set_state(SandboxState::Ready);
-    store.put(&pod).unwrap();
+    if store.get::<SandboxRecord>(POD).unwrap().is_none() {
+        store.put(&pod).unwrap();
+    }
     let image_config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"], "StopSignal": "SIGQUIT"},
@@ -316,30 +358,18 @@ fn fixture() -> Fixture {
             ..Default::default()
         })
         .unwrap();
-    let tasks = Arc::new(FakeTasks::default());
-    let mounts = Arc::new(FakeMounts::default());
-    let snapshots = Arc::new(FakeSnapshots::default());
-    let containers = Arc::new(Containers::new(
-        store.clone(),
+    Arc::new(Containers::new(
+        store,
         state,
         sandboxes,
         images,
-        snapshots.clone(),
-        mounts.clone(),
-        tasks.clone(),
-        -500,
-        BTreeMap::new(),
-        rt.handle().clone(),
-    ));
-    Fixture {
-        dir,
-        rt,
-        store,
-        tasks,
-        mounts,
         snapshots,
-        containers,
-    }
+        mounts,
+        tasks,
+        -500,
+        facts,
+        rt.handle().clone(),
+    ))
 }
 
 fn config(name: &str) -> ContainerConfig {
@@ -627,4 +657,239 @@ fn a_writable_image_volume_is_refused_before_anything_is_made() {
     assert!(matches!(err, ContainerError::InvalidConfig(_)), "{err}");
     assert!(err.to_string().contains("/img"), "{err}");
     assert!(f.store.list::<ContainerRecord>().unwrap().is_empty());
+}
+
+/// A node with swap accounting and cgroup v2, without hugetlb: what the resource tests assume
+/// instead of what the test host has.
+fn resource_facts() -> BTreeMap<String, NodeFacts> {
+    BTreeMap::from([(
+        String::new(),
+        NodeFacts {
+            cgroup: crate::node::CgroupVersion::V2,
+            swap: true,
+            ..NodeFacts::default()
+        },
+    )])
+}
+
+fn limited(name: &str) -> ContainerConfig {
+    let mut c = config(name);
+    c.linux = Some(berth_proto::cri::LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            // Below berthd's floor (-500 here): clamped, and reported clamped.
+            oom_score_adj: -900,
+            cpuset_cpus: "0".into(),
+            unified: [("memory.high".to_string(), "60000000".to_string())].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+/// What `limited` applies on `resource_facts`' node.
+fn limited_applied() -> LinuxContainerResources {
+    LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 512,
+        memory_limit_in_bytes: 64 << 20,
+        memory_swap_limit_in_bytes: 64 << 20,
+        oom_score_adj: -500,
+        cpuset_cpus: "0".into(),
+        unified: [("memory.high".to_string(), "60000000".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+fn reported(f: &Fixture, id: &str) -> Option<LinuxContainerResources> {
+    let c = f.containers.status(id).unwrap();
+    f.containers.resources(&c.record).unwrap()
+}
+
+fn resize() -> LinuxContainerResources {
+    LinuxContainerResources {
+        cpu_quota: 20_000,
+        memory_limit_in_bytes: 128 << 20,
+        // crictl update sends it; an update never changes a running process's score.
+        oom_score_adj: 100,
+        ..Default::default()
+    }
+}
+
+fn resized() -> LinuxContainerResources {
+    LinuxContainerResources {
+        cpu_quota: 20_000,
+        memory_limit_in_bytes: 128 << 20,
+        memory_swap_limit_in_bytes: 128 << 20,
+        ..limited_applied()
+    }
+}
+
+#[test]
+fn status_after_create_reports_the_resources_the_spec_applies() {
+    let f = fixture_with(resource_facts());
+    let id = f.containers.create(POD, limited("app")).unwrap();
+    assert_eq!(reported(&f, &id), Some(limited_applied()));
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            f.dir
+                .path()
+                .join("state/containers")
+                .join(&id)
+                .join("config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spec["process"]["oomScoreAdj"], -500);
+    assert_eq!(spec["linux"]["resources"]["memory"]["swap"], 64 << 20);
+}
+
+#[test]
+fn status_after_an_update_reports_the_merged_resources() {
+    let f = fixture_with(resource_facts());
+    let id = f.containers.create(POD, limited("app")).unwrap();
+    f.containers.start(&id).unwrap();
+    f.containers.update_resources(&id, &resize()).unwrap();
+    assert_eq!(reported(&f, &id), Some(resized()));
+    let record = f.store.get::<ContainerRecord>(&id).unwrap().unwrap();
+    assert_eq!(record.resources_update, None);
+    assert!(
+        f.tasks
+            .calls()
+            .iter()
+            .any(|c| c.starts_with(&format!("update {id}")))
+    );
+
+    // A second update changes only what it sets, on top of the first.
+    let shares = LinuxContainerResources {
+        cpu_shares: 1024,
+        ..Default::default()
+    };
+    f.containers.update_resources(&id, &shares).unwrap();
+    assert_eq!(
+        reported(&f, &id),
+        Some(LinuxContainerResources {
+            cpu_shares: 1024,
+            ..resized()
+        })
+    );
+}
+
+#[test]
+fn a_failed_update_leaves_the_reported_resources() {
+    let f = fixture_with(resource_facts());
+    let id = f.containers.create(POD, limited("app")).unwrap();
+    f.containers.start(&id).unwrap();
+    *f.tasks.fail_update.lock().unwrap() = true;
+    let err = f.containers.update_resources(&id, &resize()).unwrap_err();
+    assert!(err.to_string().contains("runc update failed"), "{err}");
+    assert_eq!(reported(&f, &id), Some(limited_applied()));
+    let record = f.store.get::<ContainerRecord>(&id).unwrap().unwrap();
+    assert_eq!(record.resources_update, None);
+
+    // Refused before the shim is asked: nothing recorded either.
+    *f.tasks.fail_update.lock().unwrap() = false;
+    let calls = f.tasks.calls().len();
+    let bad = LinuxContainerResources {
+        cpu_shares: -1,
+        ..Default::default()
+    };
+    let err = f.containers.update_resources(&id, &bad).unwrap_err();
+    assert!(err.to_string().contains("cpu_shares"), "{err}");
+    assert_eq!(f.tasks.calls().len(), calls);
+    assert_eq!(reported(&f, &id), Some(limited_applied()));
+}
+
+#[test]
+fn resources_are_kept_across_a_restart() {
+    let f = fixture_with(resource_facts());
+    let id = f.containers.create(POD, limited("app")).unwrap();
+    f.containers.start(&id).unwrap();
+    f.containers.update_resources(&id, &resize()).unwrap();
+
+    let parts = (f.tasks.clone(), f.mounts.clone(), f.snapshots.clone());
+    let again = service(f.dir.path(), &f.store, &f.rt, parts, resource_facts());
+    again.recover().unwrap();
+    let c = again.status(&id).unwrap();
+    assert_eq!(c.record.state(), ContainerState::Running);
+    assert_eq!(again.resources(&c.record).unwrap(), Some(resized()));
+}
+
+#[test]
+fn a_record_without_resources_reports_those_of_its_bundle() {
+    let f = fixture_with(resource_facts());
+    let id = f.containers.create(POD, limited("app")).unwrap();
+    // What a berthd before the field wrote.
+    let mut record = f.store.get::<ContainerRecord>(&id).unwrap().unwrap();
+    record.resources = None;
+    f.store.put(&record).unwrap();
+    assert_eq!(reported(&f, &id), Some(limited_applied()));
+
+    // An update merges onto the bundle's and records the result.
+    f.containers.update_resources(&id, &resize()).unwrap();
+    let record = f.store.get::<ContainerRecord>(&id).unwrap().unwrap();
+    assert!(record.resources.is_some());
+    assert_eq!(reported(&f, &id), Some(resized()));
+
+    // Without a bundle there is nothing to report.
+    let mut record = f.store.get::<ContainerRecord>(&id).unwrap().unwrap();
+    record.resources = None;
+    f.store.put(&record).unwrap();
+    std::fs::remove_file(
+        f.dir
+            .path()
+            .join("state/containers")
+            .join(&id)
+            .join("config.json"),
+    )
+    .unwrap();
+    assert_eq!(reported(&f, &id), None);
+}
+
+#[test]
+fn an_update_a_crash_interrupted_is_applied_again_at_recovery() {
+    let f = fixture_with(resource_facts());
+    let running = f.containers.create(POD, limited("running")).unwrap();
+    f.containers.start(&running).unwrap();
+    let exited = f.containers.create(POD, limited("exited")).unwrap();
+    f.containers.start(&exited).unwrap();
+    // Crashed between recording the update and the shim's answer.
+    for id in [&running, &exited] {
+        let mut record = f.store.get::<ContainerRecord>(id).unwrap().unwrap();
+        record.resources_update = Some(resize().encode_to_vec());
+        f.store.put(&record).unwrap();
+    }
+    // The second container's task exited while berthd was down.
+    f.tasks.exit(&exited, 0);
+
+    let parts = (f.tasks.clone(), f.mounts.clone(), f.snapshots.clone());
+    let again = service(f.dir.path(), &f.store, &f.rt, parts, resource_facts());
+    again.recover().unwrap();
+
+    let r = f.store.get::<ContainerRecord>(&running).unwrap().unwrap();
+    assert_eq!(r.resources_update, None);
+    assert_eq!(again.resources(&r).unwrap(), Some(resized()));
+    assert!(
+        f.tasks
+            .calls()
+            .iter()
+            .any(|c| c.starts_with(&format!("update {running}")))
+    );
+
+    let r = f.store.get::<ContainerRecord>(&exited).unwrap().unwrap();
+    assert_eq!(r.state(), ContainerState::Exited);
+    assert_eq!(r.resources_update, None);
+    assert_eq!(again.resources(&r).unwrap(), Some(limited_applied()));
+    assert!(
+        !f.tasks
+            .calls()
+            .iter()
+            .any(|c| c.starts_with(&format!("update {exited}")))
+    );
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::cri::{
-    Container as CriContainer, ContainerFilter, ContainerState as CriState, ContainerStatus,
-    ContainerStatusRequest, ContainerStatusResponse, ContainerUser, CreateContainerRequest,
-    CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, LinuxContainerUser,
-    ListContainersRequest, ListContainersResponse, RemoveContainerRequest, RemoveContainerResponse,
-    ReopenContainerLogRequest, ReopenContainerLogResponse, StartContainerRequest,
-    StartContainerResponse, StopContainerRequest, StopContainerResponse,
+    Container as CriContainer, ContainerFilter, ContainerResources, ContainerState as CriState,
+    ContainerStatus, ContainerStatusRequest, ContainerStatusResponse, ContainerUser,
+    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse,
+    LinuxContainerUser, ListContainersRequest, ListContainersResponse, RemoveContainerRequest,
+    RemoveContainerResponse, ReopenContainerLogRequest, ReopenContainerLogResponse,
+    StartContainerRequest, StartContainerResponse, StopContainerRequest, StopContainerResponse,
     UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
 };
 use berth_store::ContainerState;
@@ -108,11 +108,12 @@ pub(super) async fn status(
     let id = req.container_id;
     let verbose = req.verbose;
     let span = tracing::info_span!("ContainerStatus", container.id = %id);
-    let (c, info, user) = blocking(move || {
+    let (c, info, user, resources) = blocking(move || {
         let c = containers.status(&id)?;
         let info = verbose.then(|| containers.runtime_info(&c));
         let user = containers.process_user(&c);
-        Ok((c, info, user))
+        let resources = containers.resources(&c.record)?;
+        Ok((c, info, user, resources))
     })
     .instrument(span)
     .await?;
@@ -135,6 +136,10 @@ pub(super) async fn status(
             gid: i64::from(gid),
             supplemental_groups: groups.into_iter().map(i64::from).collect(),
         }),
+    });
+    status.resources = resources.map(|linux| ContainerResources {
+        linux: Some(linux),
+        windows: None,
     });
     Ok(ContainerStatusResponse {
         status: Some(status),

@@ -16,6 +16,7 @@ pub mod content;
 pub mod fuzzing;
 mod gc;
 pub mod layers;
+mod limits;
 mod oauth;
 mod platform;
 mod pull;
@@ -69,6 +70,10 @@ pub enum ImageError {
     DigestMismatch { blob: String, actual: String },
     #[error("{0}")]
     Malformed(String),
+    /// The registry sent more than berth reads: an oversized manifest or config, a blob
+    /// longer than its descriptor, a decompression bomb, too many layers.
+    #[error("{0}")]
+    Limit(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("image storage: {0}")]
@@ -94,12 +99,13 @@ pub struct Images {
     layers: Option<Arc<dyn LayerStore>>,
     registry: RegistryConfig,
     progress_timeout: Duration,
+    layer_limits: limits::LayerLimits,
+    /// The registry client, built on first use: every request of a pull goes through it, its
+    /// bodies read within the limits of [`limits`].
+    http: Mutex<Option<reqwest::Client>>,
     /// Pulls in flight, by reference and credentials: a second pull of the same image waits for
     /// the first instead of downloading again.
     inflight: Mutex<HashMap<(String, Credentials), PullFuture>>,
-    /// Registry clients by (plain http, credentials), kept for their connections and tokens;
-    /// a client only ever carries one set of credentials.
-    clients: Mutex<HashMap<(bool, Credentials), oci_client::Client>>,
     /// Whether registries on this machine speak https or plain HTTP.
     local_schemes: transport::LocalSchemes,
     /// Serialises read-modify-write of image records (tag moves, untagging).
@@ -151,10 +157,11 @@ impl Images {
             content: Arc::new(content),
             layers,
             progress_timeout: Duration::from_secs(registry.pull_progress_timeout_secs.max(1)),
+            layer_limits: limits::LayerLimits::from_config(&registry),
+            http: Mutex::new(None),
             registry,
             inflight: Mutex::new(HashMap::new()),
             records: Mutex::new(()),
-            clients: Mutex::new(HashMap::new()),
             local_schemes: transport::LocalSchemes::default(),
             leases: gc::Leases::default(),
             pinned,
@@ -185,6 +192,18 @@ impl Images {
                     let task_key = key.clone();
                     let handle = tokio::spawn(async move {
                         let result = this.pull_uncached(r, credentials).await;
+                        // What a hostile or broken image left (its manifest and config, the
+                        // layers that did arrive) is not kept for a retry that cannot succeed;
+                        // other failures keep their blobs, so a retry resumes.
+                        if let Err(ImageError::Limit(_) | ImageError::Malformed(_)) = &result {
+                            let sweeping = Arc::clone(&this);
+                            let swept =
+                                tokio::task::spawn_blocking(move || sweeping.collect_garbage())
+                                    .await;
+                            if let Ok(Err(e)) = swept {
+                                tracing::warn!(error = %e, "collecting garbage after a refused pull");
+                            }
+                        }
                         if let Ok(mut inflight) = this.inflight.lock() {
                             inflight.remove(&task_key);
                         }

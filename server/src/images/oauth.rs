@@ -9,9 +9,10 @@
 
 use std::time::Duration;
 
+use super::limits::{BodyError, MAX_SMALL_BODY_BYTES, read_body};
+
 /// Who berth says it is to token servers.
 const CLIENT_ID: &str = "berth";
-const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OAuthError {
@@ -30,21 +31,25 @@ pub enum OAuthError {
 }
 
 /// The access token for pulling `repository` from the registry API at `api` (`scheme://host`
-/// with any path before `/v2/`), or `None` when the registry asks for no authentication.
+/// with any path before `/v2/`), or `None` when the registry asks for no authentication. A
+/// request that makes no progress for `timeout` fails, as does an answer past 1 MiB.
 pub async fn exchange(
     api: &str,
     repository: &str,
     refresh_token: &str,
+    timeout: Duration,
 ) -> Result<Option<String>, OAuthError> {
     let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
+        .connect_timeout(timeout)
+        .read_timeout(timeout)
         .build()
         .map_err(|e| OAuthError::Http(format!("building an HTTP client: {e}")))?;
     let ping = format!("{api}/v2/");
-    let resp = client
-        .get(&ping)
-        .send()
+    let resp = tokio::time::timeout(timeout, client.get(&ping).send())
         .await
+        .map_err(|_| {
+            OAuthError::Http(format!("GET {ping}: no answer for {} s", timeout.as_secs()))
+        })?
         .map_err(|e| OAuthError::Http(format!("GET {ping}: {e}")))?;
     if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
         return Ok(None);
@@ -73,21 +78,43 @@ pub async fn exchange(
         ("scope", &format!("repository:{repository}:pull")),
         ("client_id", CLIENT_ID),
     ]);
-    let resp = client
+    let post = client
         .post(&realm)
         .header(
             reqwest::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         )
         .body(body)
-        .send()
+        .send();
+    let resp = tokio::time::timeout(timeout, post)
         .await
+        .map_err(|_| {
+            OAuthError::Http(format!(
+                "POST {realm}: no answer for {} s",
+                timeout.as_secs()
+            ))
+        })?
         .map_err(|e| OAuthError::Http(format!("POST {realm}: {e}")))?;
     let status = resp.status();
-    let text = resp
-        .text()
-        .await
-        .map_err(|e| OAuthError::Http(format!("reading the answer of {realm}: {e}")))?;
+    let text = match read_body(resp, MAX_SMALL_BODY_BYTES, timeout).await {
+        Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+        Err(BodyError::TooLarge) => {
+            return Err(OAuthError::Http(format!(
+                "the answer of {realm} is larger than {MAX_SMALL_BODY_BYTES} bytes"
+            )));
+        }
+        Err(BodyError::Stalled) => {
+            return Err(OAuthError::Http(format!(
+                "the answer of {realm} made no progress for {} s",
+                timeout.as_secs()
+            )));
+        }
+        Err(BodyError::Http(e)) => {
+            return Err(OAuthError::Http(format!(
+                "reading the answer of {realm}: {e}"
+            )));
+        }
+    };
     if !status.is_success() {
         return Err(OAuthError::Refused {
             realm,
@@ -104,7 +131,7 @@ pub async fn exchange(
 }
 
 /// The parameters of a `Bearer` challenge (`Bearer realm="...",service="..."`).
-fn bearer_params(challenge: &str) -> Option<Vec<(String, String)>> {
+pub(super) fn bearer_params(challenge: &str) -> Option<Vec<(String, String)>> {
     let rest = challenge.trim();
     let (scheme, rest) = rest.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -249,7 +276,9 @@ mod tests {
     #[tokio::test]
     async fn a_refresh_token_is_exchanged_for_an_access_token() {
         let (base, server) = token_server().await;
-        let token = exchange(&base, "team/app", "good").await.unwrap();
+        let token = exchange(&base, "team/app", "good", Duration::from_secs(10))
+            .await
+            .unwrap();
         assert_eq!(token.as_deref(), Some("access-1"));
         let bodies = server.await.unwrap();
         let body = &bodies[0];
@@ -267,7 +296,9 @@ mod tests {
     #[tokio::test]
     async fn a_refused_refresh_token_says_so() {
         let (base, server) = token_server().await;
-        let err = exchange(&base, "team/app", "stale").await.unwrap_err();
+        let err = exchange(&base, "team/app", "stale", Duration::from_secs(10))
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, OAuthError::Refused { status: 401, body, .. } if body == "invalid_grant"),
             "{err}"

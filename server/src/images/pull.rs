@@ -2,23 +2,27 @@
 //! store, layers checked against the config's diff ids, then the record.
 
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_store::ImageRecord;
 use bytes::{Buf, Bytes};
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::OciDescriptor;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
+use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::token_cache::RegistryToken;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-use super::content::{ContentStore, Ingest, hex};
+use super::content::{ContentStore, Ingest, hex, sha256_digest};
 use super::gc::Lease;
 use super::layers::{StagedLayer, import_chain};
+use super::limits::{
+    BodyError, Budget, CountingReader, LayerLimits, MAX_CONFIG_BYTES, MAX_LAYERS,
+    MAX_MANIFEST_BYTES, MAX_SMALL_BODY_BYTES, read_body,
+};
 use super::platform::Platform;
 use super::reference::ImageRef;
 use super::registry::{self, Credentials, Endpoint, Scheme};
@@ -103,10 +107,15 @@ fn compression(media_type: &str, blob: &str) -> Result<Compression, ImageError> 
 struct Ctx {
     reference: ImageRef,
     endpoint: Endpoint,
+    /// The repository at this endpoint (a mirror's host and prefix applied).
     oref: Reference,
-    client: Client,
-    auth: oci_client::secrets::RegistryAuth,
+    auth: RegistryAuth,
     timeout: Duration,
+    layer_limits: LayerLimits,
+    http: reqwest::Client,
+    /// What every request carries, from [`Ctx::authorize`]; renewed when the registry
+    /// answers 401 (a token that expired during a long pull).
+    authorization: Mutex<Option<reqwest::header::HeaderValue>>,
 }
 
 impl Ctx {
@@ -122,44 +131,272 @@ impl Ctx {
         map_oci_error(e, &self.reference, &self.endpoint)
     }
 
-    /// Fetches a manifest (by the reference, or by `digest`) with its digest.
+    /// Asks the registry how to authenticate: a token from its token server, basic
+    /// credentials, or nothing. Once per endpoint, and again when a request is refused.
+    async fn authorize(&self) -> Result<(), ImageError> {
+        let value = match &self.auth {
+            RegistryAuth::Bearer(token) => Some(format!("Bearer {token}")),
+            _ => self.answer_challenge().await?,
+        };
+        let value = value
+            .map(|v| {
+                let mut v = reqwest::header::HeaderValue::from_str(&v).map_err(|_| {
+                    ImageError::AuthFailed {
+                        reference: self.reference.to_string(),
+                        registry: self.endpoint.url(),
+                        detail: "the token server answered a token that is no header value".into(),
+                    }
+                })?;
+                v.set_sensitive(true);
+                Ok::<_, ImageError>(v)
+            })
+            .transpose()?;
+        if let Ok(mut authorization) = self.authorization.lock() {
+            *authorization = value;
+        }
+        Ok(())
+    }
+
+    fn authorization(&self) -> Option<reqwest::header::HeaderValue> {
+        self.authorization.lock().ok().and_then(|a| a.clone())
+    }
+
+    /// `<scheme>://<registry>/v2/<repository>/<kind>/<locator>`, as the endpoint serves it.
+    fn url(&self, kind: &str, locator: &str) -> String {
+        format!(
+            "{}://{}/v2/{}/{kind}/{locator}{}",
+            if self.endpoint.plain_http {
+                "http"
+            } else {
+                "https"
+            },
+            self.oref.resolve_registry(),
+            self.oref.repository(),
+            self.oref
+                .namespace()
+                .map(|ns| format!("?ns={ns}"))
+                .unwrap_or_default(),
+        )
+    }
+
+    /// GETs `url` with the pull's authorization, the answer's headers within the progress
+    /// timeout. A 401 gets one new authorization and one retry; an error answer is read
+    /// within limits and reported as the registry meant it.
+    async fn get(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<reqwest::Response, ImageError> {
+        let mut renewed = false;
+        loop {
+            let mut request = self.http.get(url);
+            if let Some(accept) = accept {
+                request = request.header(reqwest::header::ACCEPT, accept);
+            }
+            if let Some(authorization) = self.authorization() {
+                request = request.header(reqwest::header::AUTHORIZATION, authorization);
+            }
+            let resp = tokio::time::timeout(self.timeout, request.send())
+                .await
+                .map_err(|_| self.stalled(what))?
+                .map_err(|e| self.map_err(OciDistributionError::RequestError(e)))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(resp);
+            }
+            if status == reqwest::StatusCode::UNAUTHORIZED && !renewed {
+                renewed = true;
+                self.authorize().await?;
+                continue;
+            }
+            let body = read_body(resp, MAX_SMALL_BODY_BYTES, self.timeout)
+                .await
+                .unwrap_or_default();
+            return Err(self.map_err(status_error(status, &body, url)));
+        }
+    }
+
+    /// The `Authorization` the registry's `/v2/` challenge asks for, as docker and containerd
+    /// answer it, with the token server's answer read within the limits.
+    async fn answer_challenge(&self) -> Result<Option<String>, ImageError> {
+        const WHAT: &str = "the registry's authentication challenge or token";
+        let scheme = if self.endpoint.plain_http {
+            "http"
+        } else {
+            "https"
+        };
+        let ping = format!("{scheme}://{}/v2/", self.oref.resolve_registry());
+        let resp = tokio::time::timeout(self.timeout, self.http.get(&ping).send())
+            .await
+            .map_err(|_| self.stalled(WHAT))?
+            .map_err(|e| self.map_err(OciDistributionError::RequestError(e)))?;
+        let Some(header) = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        drop(resp);
+        let params = header
+            .to_str()
+            .ok()
+            .and_then(super::oauth::bearer_params)
+            .unwrap_or_default();
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let Some(realm) = param("realm") else {
+            return Ok(match &self.auth {
+                RegistryAuth::Basic(user, password) => Some(basic(user, password)),
+                _ => None,
+            });
+        };
+        let scope = format!("repository:{}:pull", self.oref.repository());
+        let mut request = self.http.get(realm).query(&[("scope", scope.as_str())]);
+        if let Some(service) = param("service") {
+            request = request.query(&[("service", service)]);
+        }
+        if let RegistryAuth::Basic(user, password) = &self.auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let resp = tokio::time::timeout(self.timeout, request.send())
+            .await
+            .map_err(|_| self.stalled(WHAT))?
+            .map_err(|e| self.map_err(OciDistributionError::RequestError(e)))?;
+        let status = resp.status();
+        let body = match read_body(resp, MAX_SMALL_BODY_BYTES, self.timeout).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                return Err(ImageError::Limit(format!(
+                    "pulling {}: the answer of token server {} is larger than \
+                     {MAX_SMALL_BODY_BYTES} bytes",
+                    self.reference, realm
+                )));
+            }
+            Err(BodyError::Stalled) => return Err(self.stalled(WHAT)),
+            Err(BodyError::Http(e)) => {
+                return Err(self.map_err(OciDistributionError::RequestError(e)));
+            }
+        };
+        if status != reqwest::StatusCode::OK {
+            return Err(self.map_err(OciDistributionError::AuthenticationFailure(
+                String::from_utf8_lossy(&body).chars().take(1000).collect(),
+            )));
+        }
+        let token: RegistryToken = serde_json::from_slice(&body).map_err(|e| {
+            self.map_err(OciDistributionError::RegistryTokenDecodeError(
+                e.to_string(),
+            ))
+        })?;
+        Ok(Some(token.bearer_token()))
+    }
+
+    /// Fetches a manifest (by the reference, or by `digest`) with its digest, reading at most
+    /// [`MAX_MANIFEST_BYTES`] of it.
     async fn manifest(&self, digest: Option<&str>) -> Result<(Vec<u8>, String), ImageError> {
         let oref = match digest {
             Some(d) => self.oref.clone_with_digest(d.to_string()),
             None => self.oref.clone(),
         };
         let what = format!("the manifest {}", digest.unwrap_or("of the reference"));
-        let (body, digest) = tokio::time::timeout(
-            self.timeout,
-            self.client
-                .pull_manifest_raw(&oref, &self.auth, ACCEPTED_MANIFESTS),
-        )
-        .await
-        .map_err(|_| self.stalled(&what))?
-        .map_err(|e| self.map_err(e))?;
-        Ok((body.to_vec(), digest))
+        let locator = oref.digest().or(oref.tag()).unwrap_or("latest");
+        let resp = self
+            .get(
+                &self.url("manifests", locator),
+                Some(&ACCEPTED_MANIFESTS.join(", ")),
+                &what,
+            )
+            .await?;
+        let announced = resp
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .filter(|d| d.starts_with("sha256:"))
+            .map(str::to_string);
+        let body = match read_body(resp, MAX_MANIFEST_BYTES, self.timeout).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                return Err(ImageError::Limit(format!(
+                    "pulling {}: {what} is larger than {MAX_MANIFEST_BYTES} bytes",
+                    self.reference
+                )));
+            }
+            Err(BodyError::Stalled) => return Err(self.stalled(&what)),
+            Err(BodyError::Http(e)) => {
+                return Err(self.map_err(OciDistributionError::RequestError(e)));
+            }
+        };
+        let actual = sha256_digest(&body);
+        for expected in digest.map(str::to_string).into_iter().chain(announced) {
+            if expected != actual {
+                return Err(ImageError::DigestMismatch {
+                    blob: expected,
+                    actual,
+                });
+            }
+        }
+        Ok((body, actual))
     }
 
-    async fn small_blob(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
-        let mut out = Vec::with_capacity(desc.size as usize);
-        tokio::time::timeout(
-            self.timeout,
-            self.client
-                .pull_blob(&self.oref, &oci_descriptor(desc), &mut out),
-        )
-        .await
-        .map_err(|_| self.stalled(&format!("blob {}", desc.digest)))?
-        .map_err(|e| self.map_err(e))?;
-        Ok(out)
+    /// Fetches the image config, at most [`MAX_CONFIG_BYTES`] and never more than its
+    /// descriptor says.
+    async fn config_blob(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
+        if desc.size > MAX_CONFIG_BYTES {
+            return Err(ImageError::Limit(format!(
+                "pulling {}: image config {} is {} bytes, more than {MAX_CONFIG_BYTES}",
+                self.reference, desc.digest, desc.size
+            )));
+        }
+        let what = format!("blob {}", desc.digest);
+        let resp = self
+            .get(&self.url("blobs", &desc.digest), None, &what)
+            .await?;
+        // The digest is checked as the config enters the content store.
+        match read_body(resp, desc.size, self.timeout).await {
+            Ok(body) => Ok(body),
+            Err(BodyError::TooLarge) => Err(self.longer_than_descriptor("image config", desc)),
+            Err(BodyError::Stalled) => Err(self.stalled(&what)),
+            Err(BodyError::Http(e)) => Err(self.map_err(OciDistributionError::RequestError(e))),
+        }
+    }
+
+    fn longer_than_descriptor(&self, what: &str, desc: &Descriptor) -> ImageError {
+        ImageError::Limit(format!(
+            "pulling {}: the registry sent more of {what} {} than the {} bytes its descriptor \
+             gives",
+            self.reference, desc.digest, desc.size
+        ))
     }
 }
 
-fn oci_descriptor(desc: &Descriptor) -> OciDescriptor {
-    OciDescriptor {
-        media_type: desc.media_type.clone(),
-        digest: desc.digest.clone(),
-        size: i64::try_from(desc.size).unwrap_or(i64::MAX),
-        ..OciDescriptor::default()
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// What a registry's error answer means, as the registry client reports it.
+fn status_error(status: reqwest::StatusCode, body: &[u8], url: &str) -> OciDistributionError {
+    let url = url.to_string();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return OciDistributionError::UnauthorizedError { url };
+    }
+    if status.is_client_error()
+        && let Ok(envelope) = serde_json::from_slice::<OciEnvelope>(body)
+    {
+        return OciDistributionError::RegistryError { envelope, url };
+    }
+    OciDistributionError::ServerError {
+        code: status.as_u16(),
+        url,
+        message: String::from_utf8_lossy(body).chars().take(1000).collect(),
     }
 }
 
@@ -308,7 +545,6 @@ impl Images {
         credentials: &Credentials,
         lease: &Lease<'_>,
     ) -> Result<String, ImageError> {
-        let client = self.client(endpoint.plain_http, credentials);
         let path = if endpoint.repo_prefix.is_empty() {
             r.path.clone()
         } else {
@@ -329,7 +565,14 @@ impl Images {
         let auth = match credentials {
             Credentials::IdentityToken(refresh) => {
                 let api = endpoint.url();
-                match super::oauth::exchange(&api, oref.repository(), refresh).await {
+                match super::oauth::exchange(
+                    &api,
+                    oref.repository(),
+                    refresh,
+                    self.progress_timeout,
+                )
+                .await
+                {
                     Ok(Some(access)) => oci_client::secrets::RegistryAuth::Bearer(access),
                     Ok(None) => oci_client::secrets::RegistryAuth::Anonymous,
                     Err(e) => {
@@ -347,10 +590,13 @@ impl Images {
             reference: r.clone(),
             endpoint,
             oref,
-            client,
             auth,
             timeout: self.progress_timeout,
+            layer_limits: self.layer_limits,
+            http: self.http()?,
+            authorization: Mutex::new(None),
         };
+        ctx.authorize().await?;
 
         let (top, top_digest) = ctx.manifest(None).await?;
         if let Some(d) = &r.digest
@@ -374,6 +620,13 @@ impl Images {
                     detail: format!("index {top_digest} has no manifest for platform {here}"),
                 })?;
             lease.add([&entry.digest]);
+            if entry.size > MAX_MANIFEST_BYTES {
+                return Err(ImageError::Limit(format!(
+                    "pulling {r}: manifest {} in index {top_digest} is {} bytes, more than \
+                     {MAX_MANIFEST_BYTES}",
+                    entry.digest, entry.size
+                )));
+            }
             let child = if self.content.contains(&entry.digest) {
                 self.content.read(&entry.digest)?
             } else {
@@ -404,6 +657,13 @@ impl Images {
                 "manifest {manifest_digest} has no config or no layers"
             )));
         };
+        if layers.len() > MAX_LAYERS {
+            return Err(ImageError::Limit(format!(
+                "pulling {r}: manifest {manifest_digest} has {} layers, more than the \
+                 {MAX_LAYERS} overlayfs can stack",
+                layers.len()
+            )));
+        }
         for l in layers {
             compression(&l.media_type, &l.digest)?;
         }
@@ -412,7 +672,7 @@ impl Images {
         let config = if self.content.contains(&config_desc.digest) {
             self.content.read(&config_desc.digest)?
         } else {
-            let data = ctx.small_blob(config_desc).await?;
+            let data = ctx.config_blob(config_desc).await?;
             self.content.write_all(&config_desc.digest, &data)?;
             data
         };
@@ -477,39 +737,33 @@ impl Images {
                 .map_err(|e| ImageError::Io(format!("importing layers: {e}")))??;
         }
 
-        let size = config_desc.size + layers.iter().map(|l| l.size).sum::<u64>();
+        let size = layers
+            .iter()
+            .fold(config_desc.size, |sum, l| sum.saturating_add(l.size));
         let id = config_desc.digest.clone();
         self.commit_record(r, &id, &r.with_digest(&top_digest), size, config)?;
         Ok(id)
     }
 
-    /// A client for http or https with these credentials (building one loads the system's CA
-    /// certificates: about 100 ms).
-    fn client(&self, plain_http: bool, credentials: &Credentials) -> Client {
-        const MAX_CLIENTS: usize = 64;
+    /// The registry client, shared by pulls for its connections.
+    fn http(&self) -> Result<reqwest::Client, ImageError> {
         let build = || {
-            Client::new(ClientConfig {
-                protocol: if plain_http {
-                    ClientProtocol::Http
-                } else {
-                    ClientProtocol::Https
-                },
-                connect_timeout: Some(Duration::from_secs(15)),
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(15))
                 // Past berth's own no-progress timeout, which gives the clearer error.
-                read_timeout: Some(self.progress_timeout + Duration::from_secs(5)),
-                ..ClientConfig::default()
-            })
+                .read_timeout(self.progress_timeout + Duration::from_secs(5))
+                .build()
+                .map_err(|e| ImageError::Io(format!("building an HTTP client: {e}")))
         };
-        let Ok(mut clients) = self.clients.lock() else {
+        let Ok(mut clients) = self.http.lock() else {
             return build();
         };
-        if clients.len() >= MAX_CLIENTS {
-            clients.clear();
+        if let Some(client) = &*clients {
+            return Ok(client.clone());
         }
-        clients
-            .entry((plain_http, credentials.clone()))
-            .or_insert_with(build)
-            .clone()
+        let client = build()?;
+        *clients = Some(client.clone());
+        Ok(client)
     }
 
     /// Writes the record of a complete image: adds the tag and repo digest, moving the tag
@@ -604,13 +858,32 @@ async fn unpack_layer(
     } = layer;
     let digest = desc.digest.clone();
     let compression = compression(&desc.media_type, &digest)?;
+    let limits = ctx.layer_limits;
+    // A blob at least as long as the cap cannot decompress below it (gzip and zstd add a few
+    // bytes to incompressible data, no more).
+    if desc.size > limits.max_bytes {
+        return Err(ImageError::Limit(format!(
+            "pulling {}: layer {digest} is {} bytes compressed, more than the {} bytes any \
+             layer may decompress to (registry.max_layer_uncompressed_bytes)",
+            ctx.reference, desc.size, limits.max_bytes
+        )));
+    }
+    let budget = limits.budget(desc.size);
     if content.contains(&digest) {
         let path = content.path(&digest)?;
         let staged = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&path)
                 .map_err(|e| ImageError::Io(format!("{}: {e}", path.display())))?;
             let reader = std::io::BufReader::with_capacity(256 * 1024, file);
-            consume_layer(reader, None, compression, &digest, &diff_id, staged)
+            consume_layer(
+                reader,
+                None,
+                compression,
+                &digest,
+                &diff_id,
+                &budget,
+                staged,
+            )
         })
         .await
         .map_err(|e| ImageError::Io(format!("layer {}: {e}", desc.digest)))??;
@@ -634,33 +907,36 @@ async fn unpack_layer(
                 compression,
                 &digest,
                 &diff_id,
+                &budget,
                 staged,
             )
         })
     };
 
     let network = async {
-        let mut stream = tokio::time::timeout(
-            ctx.timeout,
-            ctx.client
-                .pull_blob_stream(&ctx.oref, &oci_descriptor(&desc)),
-        )
-        .await
-        .map_err(|_| ctx.stalled(&format!("layer {digest}")))?
-        .map_err(|e| ctx.map_err(e))?;
+        let mut resp = ctx
+            .get(&ctx.url("blobs", &digest), None, &format!("layer {digest}"))
+            .await?;
+        if resp.content_length().is_some_and(|n| n > desc.size) {
+            return Err(ctx.longer_than_descriptor("layer", &desc));
+        }
         let mut received = 0u64;
         let mut last_log = Instant::now();
         loop {
-            let next = tokio::time::timeout(ctx.timeout, stream.next())
+            let next = tokio::time::timeout(ctx.timeout, resp.chunk())
                 .await
                 .map_err(|_| ctx.stalled(&format!("layer {digest} after {received} bytes")))?;
-            let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(|e| ImageError::Registry {
+            let chunk = next.map_err(|e| ImageError::Registry {
                 reference: ctx.reference.to_string(),
                 registry: ctx.endpoint.url(),
                 detail: format!("layer {digest}: {}", error_chain(&e)),
             })?;
+            let Some(chunk) = chunk else { break };
             received += chunk.len() as u64;
+            // An endless body ends here, not in the content store.
+            if received > desc.size {
+                return Err(ctx.longer_than_descriptor("layer", &desc));
+            }
             if tx.send(Ok(chunk)).await.is_err() {
                 // The consumer stopped early; its error says why.
                 break;
@@ -692,14 +968,16 @@ async fn unpack_layer(
 }
 
 /// Reads the compressed layer from `source` (into `ingest` when it comes from the network),
-/// decompresses it, applies it to `staged` and checks its uncompressed digest against
-/// `diff_id`, all in one pass; commits the blob only when everything matched.
+/// decompresses it (at most `budget` bytes), applies it to `staged` and checks its
+/// uncompressed digest against `diff_id`, all in one pass; commits the blob only when
+/// everything matched.
 fn consume_layer(
     source: impl Read,
     ingest: Option<Ingest>,
     compression: Compression,
     digest: &str,
     diff_id: &str,
+    budget: &Budget,
     mut staged: Option<Box<dyn StagedLayer>>,
 ) -> Result<Option<Box<dyn StagedLayer>>, ImageError> {
     let mut tee = Tee {
@@ -707,7 +985,19 @@ fn consume_layer(
         ingest,
     };
     let mut hasher = Sha256::new();
-    let decoded = decode(&mut tee, compression, &mut hasher, staged.as_deref_mut());
+    let decoded = match decode(
+        &mut tee,
+        compression,
+        &mut hasher,
+        budget.max,
+        staged.as_deref_mut(),
+    ) {
+        // Returning drops the staging directory and the partial blob: nothing is kept, and
+        // the rest of the blob is not fetched.
+        Err(DecodeError::OverBudget) => return Err(budget.exceeded(digest)),
+        Err(DecodeError::Broken(e)) => Err(e),
+        Ok(()) => Ok(()),
+    };
     // Whatever follows the compressed stream still belongs to the blob.
     let drained = std::io::copy(&mut tee, &mut std::io::sink());
     let Tee { ingest, .. } = tee;
@@ -736,29 +1026,47 @@ fn consume_layer(
     Ok(staged)
 }
 
+enum DecodeError {
+    /// The layer decompresses past its budget.
+    OverBudget,
+    Broken(String),
+}
+
 fn decode(
     compressed: &mut dyn Read,
     compression: Compression,
     hasher: &mut Sha256,
+    max_uncompressed: u64,
     staged: Option<&mut (dyn StagedLayer + 'static)>,
-) -> Result<(), String> {
-    let mut decoder: Box<dyn Read + '_> = match compression {
+) -> Result<(), DecodeError> {
+    let decoder: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(compressed),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed)),
         Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(compressed).map_err(|e| format!("zstd: {e}"))?,
+            zstd::stream::read::Decoder::new(compressed)
+                .map_err(|e| DecodeError::Broken(format!("zstd: {e}")))?,
         ),
     };
+    let mut counted = CountingReader::new(decoder, max_uncompressed);
     let mut hashing = HashingReader {
-        inner: &mut decoder,
+        inner: &mut counted,
         hasher,
     };
-    if let Some(staged) = staged {
-        staged.apply(&mut hashing).map_err(|e| e.to_string())?;
-    }
+    let applied = match staged {
+        Some(staged) => staged.apply(&mut hashing).map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
     // The rest: end-of-archive padding, or everything when nothing is applied.
-    copy_to_sink(&mut hashing).map_err(|e| format!("cannot decompress: {e}"))?;
-    Ok(())
+    let rest = applied.and_then(|()| {
+        copy_to_sink(&mut hashing)
+            .map(|_| ())
+            .map_err(|e| format!("cannot decompress: {e}"))
+    });
+    match rest {
+        Err(_) if counted.exceeded() => Err(DecodeError::OverBudget),
+        Err(e) => Err(DecodeError::Broken(e)),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Hashes every byte read through it.
@@ -846,6 +1154,14 @@ mod tests {
     use crate::images::content::sha256_digest;
     use crate::images::layers::fake::Staged;
 
+    fn budget() -> Budget {
+        LayerLimits {
+            ratio: 100,
+            max_bytes: 1 << 30,
+        }
+        .budget(1 << 20)
+    }
+
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(data).unwrap();
@@ -867,6 +1183,7 @@ mod tests {
             Compression::Gzip,
             &digest,
             &diff_id,
+            &budget(),
             None,
         )
         .unwrap();
@@ -889,6 +1206,7 @@ mod tests {
             Compression::Gzip,
             &digest,
             &wrong,
+            &budget(),
             None,
         )
         .err()
@@ -903,6 +1221,7 @@ mod tests {
             Compression::Gzip,
             &wrong,
             &sha256_digest(&tar),
+            &budget(),
             None,
         )
         .err()
@@ -934,6 +1253,7 @@ mod tests {
             Compression::Zstd,
             &digest,
             &sha256_digest(&tar),
+            &budget(),
             None,
         )
         .unwrap();
@@ -945,6 +1265,7 @@ mod tests {
             Compression::None,
             &digest,
             &digest,
+            &budget(),
             None,
         )
         .unwrap();
@@ -975,6 +1296,7 @@ mod tests {
             Compression::Gzip,
             &digest,
             &diff_id,
+            &budget(),
             Some(Box::new(seen)),
         )
         .unwrap();
@@ -991,10 +1313,302 @@ mod tests {
             Compression::Gzip,
             &digest,
             &diff_id,
+            &budget(),
             Some(Box::new(again)),
         )
         .unwrap();
         assert_eq!(paths.lock().unwrap().len(), 2);
+    }
+
+    /// A staged layer that records whether it was dropped without import.
+    struct DropFlag(Staged, Arc<std::sync::atomic::AtomicBool>);
+
+    impl StagedLayer for DropFlag {
+        fn apply(&mut self, tar: &mut dyn Read) -> Result<(), ImageError> {
+            self.0.apply(tar)
+        }
+
+        fn import(
+            self: Box<Self>,
+            _: &str,
+            _: Option<&str>,
+            _: std::collections::BTreeMap<String, String>,
+        ) -> Result<(), ImageError> {
+            Ok(())
+        }
+    }
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_stopped_at_its_budget_and_nothing_is_kept() {
+        // 64 MiB of zeros in one tar entry: about 64 KiB of gzip.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(64 << 20);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "zeros", std::io::repeat(0).take(64 << 20))
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let blob = gzip(&tar);
+        assert!(blob.len() < 1 << 20);
+        let digest = sha256_digest(&blob);
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let staged = DropFlag(Staged::default(), Arc::clone(&dropped));
+        let budget = Budget {
+            max: 8 << 20,
+            why: "test budget".into(),
+        };
+        // Counts what it hands out: the bomb is not read to its end.
+        let mut source = CountingReader::new(blob.as_slice(), u64::MAX);
+        let err = consume_layer(
+            &mut source,
+            Some(store.writer(&digest).unwrap()),
+            Compression::Gzip,
+            &digest,
+            &sha256_digest(&tar),
+            &budget,
+            Some(Box::new(staged)),
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(&err, ImageError::Limit(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&digest) && msg.contains("8388608 bytes") && msg.contains("test budget"),
+            "{msg}"
+        );
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!store.contains(&digest));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
+        let within = consume_layer(
+            blob.as_slice(),
+            None,
+            Compression::Gzip,
+            &digest,
+            &sha256_digest(&tar),
+            &Budget {
+                max: tar.len() as u64,
+                why: "exact".into(),
+            },
+            None,
+        );
+        assert!(within.is_ok(), "a layer of exactly its budget is fine");
+        // Uncompressed layers are counted too.
+        let err = consume_layer(
+            tar.as_slice(),
+            None,
+            Compression::None,
+            &sha256_digest(&tar),
+            &sha256_digest(&tar),
+            &budget,
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, ImageError::Limit(_)), "{err}");
+    }
+
+    #[test]
+    fn the_bomb_is_not_read_to_its_end() {
+        // About 128 KiB of gzip.
+        let blob = gzip(&vec![0u8; 128 << 20]);
+        let mut source = CountingReader::new(blob.as_slice(), u64::MAX);
+        let budget = Budget {
+            max: 1 << 20,
+            why: "w".into(),
+        };
+        let err = consume_layer(
+            &mut source,
+            None,
+            Compression::Gzip,
+            "sha256:x",
+            "sha256:y",
+            &budget,
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, ImageError::Limit(_)), "{err}");
+        let mut rest = Vec::new();
+        source.read_to_end(&mut rest).unwrap();
+        assert!(
+            rest.len() > blob.len() / 2,
+            "stopped early: {} of {} bytes left",
+            rest.len(),
+            blob.len()
+        );
+    }
+
+    fn response(body: reqwest::Body) -> reqwest::Response {
+        reqwest::Response::from(http::Response::new(body))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_up_to_their_limit_and_no_further() {
+        let endless = futures_util::stream::repeat_with(|| {
+            Ok::<_, std::io::Error>(Bytes::from_static(&[b'{'; 4096]))
+        });
+        let err = read_body(
+            response(reqwest::Body::wrap_stream(endless)),
+            MAX_MANIFEST_BYTES,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, BodyError::TooLarge), "{err:?}");
+        let fine = response(reqwest::Body::from(vec![7u8; 100]));
+        assert_eq!(
+            read_body(fine, 100, Duration::from_secs(10)).await.unwrap(),
+            vec![7u8; 100]
+        );
+        let stalled =
+            futures_util::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{")) })
+                .chain(futures_util::stream::pending());
+        let err = read_body(
+            response(reqwest::Body::wrap_stream(stalled)),
+            100,
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, BodyError::Stalled), "{err:?}");
+    }
+
+    #[test]
+    fn registry_error_answers_keep_their_meaning() {
+        let e = status_error(
+            reqwest::StatusCode::NOT_FOUND,
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+            "http://r/v2/x/manifests/v1",
+        );
+        assert!(
+            matches!(e, OciDistributionError::RegistryError { .. }),
+            "{e}"
+        );
+        let e = status_error(reqwest::StatusCode::UNAUTHORIZED, b"", "u");
+        assert!(matches!(e, OciDistributionError::UnauthorizedError { .. }));
+        let e = status_error(reqwest::StatusCode::BAD_GATEWAY, &[b'x'; 5000], "u");
+        assert!(
+            matches!(&e, OciDistributionError::ServerError { code: 502, message, .. } if message.len() == 1000),
+            "{e}"
+        );
+    }
+
+    /// A registry of one empty image behind a token server that hands out `token-1`,
+    /// `token-2`, ...; only the newest token is accepted, as after an expiry. Returns its
+    /// address and the tokens issued so far.
+    async fn rotating_token_registry() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+        let config_digest = sha256_digest(&config);
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MEDIA_OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[]}}"#,
+            config.len()
+        );
+        let counter = Arc::clone(&issued);
+        let realm = format!("http://{addr}/token");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (counter, realm, config, manifest, config_digest) = (
+                    Arc::clone(&counter),
+                    realm.clone(),
+                    config.clone(),
+                    manifest.clone(),
+                    config_digest.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_lowercase();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let current = format!("bearer token-{}", counter.load(Ordering::SeqCst));
+                    let authorized = head.contains(&format!("authorization: {current}\r\n"));
+                    let (status, body) = if path == "/v2/" {
+                        ("401 Unauthorized", Vec::new())
+                    } else if path.starts_with("/token") {
+                        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                        ("200 OK", format!(r#"{{"token":"token-{n}"}}"#).into_bytes())
+                    } else if !authorized {
+                        ("401 Unauthorized", Vec::new())
+                    } else if path.contains("/manifests/") {
+                        ("200 OK", manifest.into_bytes())
+                    } else if path.ends_with(&config_digest) {
+                        ("200 OK", config)
+                    } else {
+                        ("404 Not Found", Vec::new())
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nWWW-Authenticate: Bearer realm=\"{realm}\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    let _ = conn.write_all(&body).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        (addr, issued)
+    }
+
+    #[tokio::test]
+    async fn a_token_refused_during_a_pull_is_renewed_once() {
+        use std::sync::atomic::Ordering;
+        let (addr, issued) = rotating_token_registry().await;
+        let dir = tempfile::tempdir().unwrap();
+        let images = images(dir.path(), &[&addr]);
+        let r = ImageRef::parse(&format!("{addr}/some/image:v1")).unwrap();
+        let endpoint = registry::endpoints(&images.registry, &r).remove(0);
+        let lease = images.leases.begin();
+        // A pull that meets no expiry gets one token.
+        images
+            .pull_from(&r, endpoint.clone(), &Credentials::Anonymous, &lease)
+            .await
+            .unwrap();
+        assert_eq!(issued.load(Ordering::SeqCst), 1);
+
+        // The token handed out first stops working: the next request gets a new one.
+        let http = images.http().unwrap();
+        let ctx = Ctx {
+            reference: r.clone(),
+            endpoint,
+            oref: Reference::with_tag(addr.clone(), "some/image".into(), "v1".into()),
+            auth: RegistryAuth::Anonymous,
+            timeout: Duration::from_secs(10),
+            layer_limits: images.layer_limits,
+            http,
+            authorization: Mutex::new(None),
+        };
+        ctx.authorize().await.unwrap();
+        assert_eq!(issued.load(Ordering::SeqCst), 2);
+        // Issued behind the context's back: token-2 is now stale.
+        let mut stale = reqwest::get(format!("http://{addr}/token")).await.unwrap();
+        while stale.chunk().await.unwrap().is_some() {}
+        let (body, _) = ctx.manifest(None).await.unwrap();
+        assert!(body.starts_with(b"{\"schemaVersion\":2"));
+        assert_eq!(issued.load(Ordering::SeqCst), 4, "one renewal");
     }
 
     #[tokio::test]

@@ -7,6 +7,11 @@ use super::ImageError;
 
 pub const DOCKER_HUB: &str = "docker.io";
 const DEFAULT_TAG: &str = "latest";
+/// The longest repository name, registry host included, as docker's reference grammar allows.
+const MAX_NAME_LEN: usize = 255;
+/// Longer than any valid reference (a 255-byte name, a 128-byte tag and a sha256 digest): such
+/// input is refused before it is parsed.
+const MAX_REFERENCE_LEN: usize = 512;
 
 /// A normalised reference: a domain, a repository path, and a tag, a digest or both.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -27,8 +32,17 @@ impl ImageRef {
         if reference.is_empty() {
             return Err(invalid("empty"));
         }
-        if reference.len() > 4096 || reference.chars().any(char::is_whitespace) {
-            return Err(invalid("contains whitespace or is too long"));
+        if reference.len() > MAX_REFERENCE_LEN {
+            return Err(ImageError::InvalidReference {
+                reference: format!("{}...", truncate(reference, 64)),
+                reason: format!(
+                    "{} bytes long; a reference has at most {MAX_REFERENCE_LEN}",
+                    reference.len()
+                ),
+            });
+        }
+        if reference.chars().any(char::is_whitespace) {
+            return Err(invalid("contains whitespace"));
         }
         let (name_tag, digest) = match reference.split_once('@') {
             Some((n, d)) => {
@@ -54,6 +68,13 @@ impl ImageRef {
         }
         check_domain(&domain).map_err(|why| invalid(&why))?;
         check_path(&path).map_err(|why| invalid(&why))?;
+        let name_len = domain.len() + 1 + path.len();
+        if name_len > MAX_NAME_LEN {
+            return Err(invalid(&format!(
+                "repository name {domain}/{path} is {name_len} characters long, more than \
+                 {MAX_NAME_LEN}"
+            )));
+        }
         let tag = match (&tag, &digest) {
             (None, None) => Some(DEFAULT_TAG.to_string()),
             _ => tag,
@@ -93,6 +114,15 @@ impl fmt::Display for ImageRef {
         }
         Ok(())
     }
+}
+
+/// At most the first `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Whether `s` is a full image id: `sha256:<64 hex>` or the 64 hex digits alone.
@@ -157,9 +187,6 @@ fn check_domain(domain: &str) -> Result<(), String> {
 fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("empty repository name".into());
-    }
-    if path.len() > 255 {
-        return Err("repository name longer than 255 characters".into());
     }
     for component in path.split('/') {
         if !valid_component(component) {
@@ -303,6 +330,28 @@ mod tests {
             );
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
+    }
+
+    #[test]
+    fn absurdly_long_references_are_refused() {
+        // docker's limit: 255 characters for the whole name, host included.
+        let at_limit = format!("registry.example/{}", "a".repeat(255 - 17));
+        assert_eq!(ImageRef::parse(&at_limit).unwrap().name().len(), 255);
+        let over = format!("registry.example/{}", "a".repeat(256 - 17));
+        let err = ImageRef::parse(&over).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::InvalidReference { reason, .. } if reason.contains("more than 255")),
+            "{err}"
+        );
+        // Normalised: docker.io/library/ counts.
+        let err = ImageRef::parse(&"b".repeat(240)).unwrap_err();
+        assert!(matches!(err, ImageError::InvalidReference { .. }), "{err}");
+        // A megabyte of input is not echoed back whole.
+        let huge = "a".repeat(1 << 20);
+        let err = ImageRef::parse(&huge).unwrap_err();
+        assert!(matches!(err, ImageError::InvalidReference { .. }), "{err}");
+        assert!(err.to_string().len() < 300, "{err}");
+        assert!(err.to_string().contains("1048576 bytes long"), "{err}");
     }
 
     #[test]

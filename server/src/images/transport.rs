@@ -238,7 +238,10 @@ impl LocalSchemes {
         }
         let resp = client.get(format!("http://{host}/v2/")).send().await.ok()?;
         if resp.status() == reqwest::StatusCode::BAD_REQUEST {
-            let body = resp.text().await.unwrap_or_default();
+            let body = super::limits::read_body(resp, super::limits::MAX_SMALL_BODY_BYTES, timeout)
+                .await
+                .unwrap_or_default();
+            let body = String::from_utf8_lossy(&body);
             if TLS_SERVER_ANSWERS.iter().any(|a| body.contains(a)) {
                 return None;
             }

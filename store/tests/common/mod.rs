@@ -56,6 +56,8 @@ pub fn container(id: &str, sandbox_id: &str) -> ContainerRecord {
         annotations: labels("a"),
         log_path: format!("{id}/0.log"),
         config: vec![42; 64],
+        resources: Some(vec![7; 16]),
+        resources_update: None,
     };
     record.set_state(ContainerState::Exited);
     record
