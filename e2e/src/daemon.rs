@@ -328,10 +328,12 @@ impl Berthd {
             .with_context(|| format!("crictl {} printed non-UTF-8", args.join(" ")))
     }
 
-    /// Runs crictl with `-o json` appended and parses its output.
+    /// Runs crictl with `-o json` after the subcommand (`args[0]`) and parses its output; flags
+    /// go before any id, since crictl stops parsing flags at the first argument.
     pub fn crictl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
+        let at = all.len().min(1);
+        all.splice(at..at, ["-o", "json"]);
         let out = self.crictl_ok(&all)?;
         serde_json::from_str(&out)
             .with_context(|| format!("crictl {} printed invalid JSON: {out}", all.join(" ")))

@@ -66,11 +66,6 @@ fn run(berthd: &Berthd, pod: &str, ctr: &Path, pod_cfg: &Path) -> Result<String>
     Ok(id)
 }
 
-fn inspect(berthd: &Berthd, id: &str) -> Result<Value> {
-    let out = berthd.crictl_ok(&["inspect", "-o", "json", id])?;
-    serde_json::from_str(&out).with_context(|| format!("crictl inspect printed {out}"))
-}
-
 /// crictl's failure text (its stderr carries berthd's gRPC status).
 fn crictl_err(berthd: &Berthd, args: &[&str]) -> Result<String> {
     let out = berthd.crictl(args)?;
@@ -95,7 +90,7 @@ fn kubelet_pods_with_user_namespace_mode_node_run_and_mode_pod_is_refused() -> R
         .to_string();
     let ctr_cfg = container_config(&dir, "app", &["sleep", "1000"], userns_node)?;
     let ctr = run(&berthd, &pod, &ctr_cfg, &pod_cfg)?;
-    let state = inspect(&berthd, &ctr)?;
+    let state = berthd.crictl_json(&["inspect", &ctr])?;
     ensure!(state["status"]["state"] == "CONTAINER_RUNNING", "{state}");
     // The host's user namespace: the container's root is the host's root.
     let pid = state["info"]["pid"].as_u64().context("no pid")?;
@@ -185,7 +180,7 @@ fn pod_mode_containers_in_a_container_mode_pod_share_the_pods_own_pid_namespace(
         .to_string();
     let h_cfg = container_config(&dir, "h", &["sleep", "1004"], json!({"pid": POD}))?;
     let h = run(&berthd, &host_pod, &h_cfg, &host_cfg)?;
-    let pid = inspect(&berthd, &h)?["info"]["pid"]
+    let pid = berthd.crictl_json(&["inspect", &h])?["info"]["pid"]
         .as_u64()
         .context("no pid")?;
     ensure!(
@@ -220,7 +215,7 @@ fn a_log_path_without_a_pod_log_directory_runs_without_a_log_file() -> Result<()
         json!({}),
     )?;
     let ctr = run(&berthd, &pod, &ctr_cfg, &pod_cfg)?;
-    let state = inspect(&berthd, &ctr)?;
+    let state = berthd.crictl_json(&["inspect", &ctr])?;
     ensure!(state["status"]["state"] == "CONTAINER_RUNNING", "{state}");
     ensure!(state["status"]["logPath"] == "", "{state}");
     berthd.crictl_ok(&["rmp", "-f", &pod])?;

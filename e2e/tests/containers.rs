@@ -61,11 +61,6 @@ fn create(berthd: &Berthd, pod: &str, ctr: &Path, pod_cfg: &Path) -> Result<Stri
         .to_string())
 }
 
-fn inspect(berthd: &Berthd, id: &str) -> Result<Value> {
-    let out = berthd.crictl_ok(&["inspect", "-o", "json", id])?;
-    serde_json::from_str(&out).with_context(|| format!("crictl inspect printed {out}"))
-}
-
 #[test]
 fn container_lifecycle_logs_exec_stop_and_cleanup() -> Result<()> {
     let (berthd, _registry) = start(1)?;
@@ -104,7 +99,7 @@ fn container_lifecycle_logs_exec_stop_and_cleanup() -> Result<()> {
             .any(|c| c["id"] == web.as_str() && c["state"] == "CONTAINER_RUNNING"),
         "{ps}"
     );
-    let status = inspect(&berthd, &web)?;
+    let status = berthd.crictl_json(&["inspect", &web])?;
     ensure!(status["status"]["state"] == "CONTAINER_RUNNING", "{status}");
     ensure!(status["status"]["labels"]["role"] == "web", "{status}");
     ensure!(
@@ -191,12 +186,13 @@ fn container_lifecycle_logs_exec_stop_and_cleanup() -> Result<()> {
     let bad = create(&berthd, &pod, &bad_cfg, &pod_cfg)?;
     berthd.crictl_ok(&["start", &bad])?;
     ensure!(
-        wait_for(Duration::from_secs(10), || inspect(&berthd, &bad)
+        wait_for(Duration::from_secs(10), || berthd
+            .crictl_json(&["inspect", &bad])
             .is_ok_and(|s| s["status"]["state"] == "CONTAINER_EXITED")),
         "{}",
-        inspect(&berthd, &bad)?
+        berthd.crictl_json(&["inspect", &bad])?
     );
-    let st = inspect(&berthd, &bad)?;
+    let st = berthd.crictl_json(&["inspect", &bad])?;
     ensure!(
         st["status"]["exitCode"] == 3 && st["status"]["reason"] == "Error",
         "{st}"
@@ -222,7 +218,7 @@ fn container_lifecycle_logs_exec_stop_and_cleanup() -> Result<()> {
         "stop took {:?}",
         t.elapsed()
     );
-    let st = inspect(&berthd, &web)?;
+    let st = berthd.crictl_json(&["inspect", &web])?;
     ensure!(
         st["status"]["state"] == "CONTAINER_EXITED" && st["status"]["exitCode"] == 137,
         "{st}"
@@ -236,7 +232,7 @@ fn container_lifecycle_logs_exec_stop_and_cleanup() -> Result<()> {
     let last = create(&berthd, &pod, &last_cfg, &pod_cfg)?;
     berthd.crictl_ok(&["start", &last])?;
     berthd.crictl_ok(&["stopp", &pod])?;
-    let st = inspect(&berthd, &last)?;
+    let st = berthd.crictl_json(&["inspect", &last])?;
     ensure!(st["status"]["state"] == "CONTAINER_EXITED", "{st}");
     berthd.crictl_ok(&["rmp", &pod])?;
     let ps = berthd.crictl_json(&["ps", "-a"])?;
@@ -321,15 +317,16 @@ fn containers_survive_a_berthd_restart_and_exits_during_it_are_recorded() -> Res
     berthd.crictl_ok(&["start", &short])?;
 
     berthd.restart()?;
-    let st = inspect(&berthd, &long)?;
+    let st = berthd.crictl_json(&["inspect", &long])?;
     ensure!(st["status"]["state"] == "CONTAINER_RUNNING", "{st}");
     ensure!(
-        wait_for(Duration::from_secs(10), || inspect(&berthd, &short)
+        wait_for(Duration::from_secs(10), || berthd
+            .crictl_json(&["inspect", &short])
             .is_ok_and(|s| s["status"]["state"] == "CONTAINER_EXITED")),
         "{}",
-        inspect(&berthd, &short)?
+        berthd.crictl_json(&["inspect", &short])?
     );
-    let st = inspect(&berthd, &short)?;
+    let st = berthd.crictl_json(&["inspect", &short])?;
     ensure!(
         st["status"]["exitCode"] == 4 && st["status"]["reason"] == "Error",
         "{st}"
@@ -370,12 +367,13 @@ fn an_oom_killed_container_is_reported_oomkilled() -> Result<()> {
     let id = create(&berthd, &pod, &cfg, &pod_cfg)?;
     berthd.crictl_ok(&["start", &id])?;
     ensure!(
-        wait_for(Duration::from_secs(20), || inspect(&berthd, &id)
+        wait_for(Duration::from_secs(20), || berthd
+            .crictl_json(&["inspect", &id])
             .is_ok_and(|s| s["status"]["state"] == "CONTAINER_EXITED")),
         "{}",
-        inspect(&berthd, &id)?
+        berthd.crictl_json(&["inspect", &id])?
     );
-    let st = inspect(&berthd, &id)?;
+    let st = berthd.crictl_json(&["inspect", &id])?;
     ensure!(
         st["status"]["reason"] == "OOMKilled" && st["status"]["exitCode"] == 137,
         "{st}"
@@ -417,10 +415,14 @@ fn containers_of_a_pod_share_its_pid_namespace_unless_they_ask_for_their_own() -
         "pid 1 runs {cmdline:?}"
     );
     let holder: u32 = {
-        let a_pid = inspect(&berthd, &a)?["info"]["pid"].as_u64().unwrap_or(0);
+        let a_pid = berthd.crictl_json(&["inspect", &a])?["info"]["pid"]
+            .as_u64()
+            .unwrap_or(0);
         let ns = |pid: u64| std::fs::read_link(format!("/proc/{pid}/ns/pid"));
         let a_ns = ns(a_pid)?;
-        let b_ns = ns(inspect(&berthd, &b)?["info"]["pid"].as_u64().unwrap_or(0))?;
+        let b_ns = ns(berthd.crictl_json(&["inspect", &b])?["info"]["pid"]
+            .as_u64()
+            .unwrap_or(0))?;
         ensure!(a_ns == b_ns, "{a_ns:?} != {b_ns:?}");
         // The holder: the one process named berth-pidns in that namespace.
         std::fs::read_dir("/proc")?
@@ -622,7 +624,7 @@ fn a_resize_shows_in_container_status_and_survives_a_berthd_crash() -> Result<()
         ensure!(field("oomScoreAdj") == Some(oom_score_adj), "{st}");
         Ok(())
     };
-    check(&inspect(&berthd, &id)?, 50_000, 64 << 20)?;
+    check(&berthd.crictl_json(&["inspect", &id])?, 50_000, 64 << 20)?;
     let limits = cgroup_limits(&berthd, &id)?;
     ensure!(limits == (50_000, 64 << 20), "cgroup: {limits:?}");
 
@@ -635,7 +637,7 @@ fn a_resize_shows_in_container_status_and_survives_a_berthd_crash() -> Result<()
         &(128i64 << 20).to_string(),
         &id,
     ])?;
-    check(&inspect(&berthd, &id)?, 20_000, 128 << 20)?;
+    check(&berthd.crictl_json(&["inspect", &id])?, 20_000, 128 << 20)?;
     let limits = cgroup_limits(&berthd, &id)?;
     ensure!(limits == (20_000, 128 << 20), "cgroup: {limits:?}");
 
@@ -646,11 +648,11 @@ fn a_resize_shows_in_container_status_and_survives_a_berthd_crash() -> Result<()
         !refused.status.success() && stderr.contains("update failed"),
         "{refused:?}"
     );
-    check(&inspect(&berthd, &id)?, 20_000, 128 << 20)?;
+    check(&berthd.crictl_json(&["inspect", &id])?, 20_000, 128 << 20)?;
 
     berthd.kill9()?;
     berthd.start_again()?;
-    let st = inspect(&berthd, &id)?;
+    let st = berthd.crictl_json(&["inspect", &id])?;
     ensure!(st["status"]["state"] == "CONTAINER_RUNNING", "{st}");
     check(&st, 20_000, 128 << 20)?;
     let limits = cgroup_limits(&berthd, &id)?;

@@ -32,11 +32,6 @@ fn start() -> Result<(Berthd, Registry)> {
     )
 }
 
-fn inspect(berthd: &Berthd, id: &str) -> Result<Value> {
-    let out = berthd.crictl_ok(&["inspect", "-o", "json", id])?;
-    serde_json::from_str(&out).with_context(|| format!("crictl inspect printed {out}"))
-}
-
 fn exec(berthd: &Berthd, id: &str, script: &str) -> Result<String> {
     berthd.crictl_ok(&["exec", "-s", id, "sh", "-c", script])
 }
@@ -131,7 +126,7 @@ fn crun_runs_a_pods_containers_with_limits_logs_exec_and_restart() -> Result<()>
     // crun, not runc, runs it: crun answers for it from berthd's runtime root.
     let state = crun_state(&berthd, &web)?;
     ensure!(state["status"] == "running", "{state}");
-    let status = inspect(&berthd, &web)?;
+    let status = berthd.crictl_json(&["inspect", &web])?;
     ensure!(status["status"]["state"] == "CONTAINER_RUNNING", "{status}");
     ensure!(
         wait_for(Duration::from_secs(5), || berthd
@@ -180,15 +175,15 @@ fn crun_runs_a_pods_containers_with_limits_logs_exec_and_restart() -> Result<()>
     berthd.kill9()?;
     berthd.start_again()?;
     ensure!(
-        inspect(&berthd, &web)?["status"]["state"] == "CONTAINER_RUNNING",
+        berthd.crictl_json(&["inspect", &web])?["status"]["state"] == "CONTAINER_RUNNING",
         "{}",
-        inspect(&berthd, &web)?
+        berthd.crictl_json(&["inspect", &web])?
     );
     ensure!(exec(&berthd, &web, "echo still here")?.contains("still here"));
 
     // SIGTERM is ignored, so the stop timeout ends in SIGKILL.
     berthd.crictl_ok(&["stop", "-t", "1", &web])?;
-    let st = inspect(&berthd, &web)?;
+    let st = berthd.crictl_json(&["inspect", &web])?;
     ensure!(
         st["status"]["state"] == "CONTAINER_EXITED" && st["status"]["exitCode"] == 137,
         "{st}"
@@ -208,12 +203,13 @@ fn crun_runs_a_pods_containers_with_limits_logs_exec_and_restart() -> Result<()>
         }),
     )?;
     ensure!(
-        wait_for(Duration::from_secs(20), || inspect(&berthd, &hog)
+        wait_for(Duration::from_secs(20), || berthd
+            .crictl_json(&["inspect", &hog])
             .is_ok_and(|s| s["status"]["state"] == "CONTAINER_EXITED")),
         "{}",
-        inspect(&berthd, &hog)?
+        berthd.crictl_json(&["inspect", &hog])?
     );
-    let st = inspect(&berthd, &hog)?;
+    let st = berthd.crictl_json(&["inspect", &hog])?;
     ensure!(
         st["status"]["reason"] == "OOMKilled" && st["status"]["exitCode"] == 137,
         "{st}"

@@ -186,12 +186,6 @@ fn berthd_with_images(options: BerthdOptions) -> Result<(Berthd, Registry)> {
     Ok((berthd, registry))
 }
 
-fn inspect(berthd: &Berthd, id: &str) -> Result<Value> {
-    // Flags before the id: crictl stops parsing flags at the first argument.
-    let out = berthd.crictl_ok(&["inspectp", "-o", "json", id])?;
-    serde_json::from_str(&out).with_context(|| format!("crictl inspectp printed {out}"))
-}
-
 fn run_in_pod(berthd: &Berthd, pod_cfg: &Path, ctr_cfg: &Path) -> Result<(String, String)> {
     let pod = berthd.crictl_ok(&["runp", s(pod_cfg)?])?.trim().to_string();
     let ctr = berthd
@@ -219,8 +213,8 @@ fn debian_chain_pods_talk_tcp_host_port_on_loopback_and_dns() -> Result<()> {
     let pod_b = pod_config(&dir, "client", json!([]))?;
     let (b, client) = run_in_pod(&berthd, &pod_b, &sleeper_container(&dir, "client")?)?;
 
-    let ip_a = pod_ip(&inspect(&berthd, &a)?);
-    let ip_b = pod_ip(&inspect(&berthd, &b)?);
+    let ip_a = pod_ip(&berthd.crictl_json(&["inspectp", &a])?);
+    let ip_b = pod_ip(&berthd.crictl_json(&["inspectp", &b])?);
     ensure!(
         in_subnet(&ip_a, &subnet) && in_subnet(&ip_b, &subnet) && ip_a != ip_b,
         "pod ips {ip_a:?} {ip_b:?} not distinct in {subnet}"
@@ -537,7 +531,7 @@ fn default_network_pods_come_and_go_without_leftovers_and_gc_removes_unknown_one
         "the unknown attachment's veth survived GC (or the known pod's went)"
     );
     ensure!(leases(&lease_dir).len() == 1, "{:?}", leases(&lease_dir));
-    let status = inspect(&berthd, &kept)?;
+    let status = berthd.crictl_json(&["inspectp", &kept])?;
     ensure!(
         leases(&lease_dir).contains(&pod_ip(&status)),
         "the known pod keeps its lease: {:?}",
@@ -622,7 +616,7 @@ fn network_ready_follows_the_conf_dir_and_plugin_status_without_a_restart() -> R
     ensure!(cond["status"] == true, "{cond}");
     let cfg = pod_config(&dir, "p", json!([]))?;
     let pod = berthd.crictl_ok(&["runp", s(&cfg)?])?.trim().to_string();
-    let ip = pod_ip(&inspect(&berthd, &pod)?);
+    let ip = pod_ip(&berthd.crictl_json(&["inspectp", &pod])?);
     ensure!(in_subnet(&ip, &subnet), "{ip:?} not in {subnet}");
     berthd.crictl_ok(&["rmp", "-f", &pod])?;
     ensure!(nat_rules(&bridge) == 0 && veths_on(&bridge) == 0);
@@ -693,7 +687,7 @@ fn dual_stack_pod_reports_its_ipv6_address_as_additional_ip() -> Result<()> {
     )?;
     let cfg = pod_config(&paths.dir, "dual", json!([]))?;
     let pod = berthd.crictl_ok(&["runp", s(&cfg)?])?.trim().to_string();
-    let status = inspect(&berthd, &pod)?;
+    let status = berthd.crictl_json(&["inspectp", &pod])?;
     let net = &status["status"]["network"];
     let ip = net["ip"].as_str().unwrap_or("");
     ensure!(
@@ -744,7 +738,7 @@ fn dual_stack_berth_bridge_pod_reports_both_addresses_and_releases_both() -> Res
     )?;
     let cfg = pod_config(&paths.dir, "dual", json!([]))?;
     let pod = berthd.crictl_ok(&["runp", s(&cfg)?])?.trim().to_string();
-    let net = inspect(&berthd, &pod)?["status"]["network"].clone();
+    let net = berthd.crictl_json(&["inspectp", &pod])?["status"]["network"].clone();
     let ip = net["ip"].as_str().unwrap_or("");
     ensure!(
         in_subnet(ip, &subnet),

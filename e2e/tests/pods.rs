@@ -64,12 +64,6 @@ fn pod_state(berthd: &Berthd, id: &str) -> Result<Option<String>> {
         .map(|p| p["state"].as_str().unwrap_or("").to_string()))
 }
 
-fn inspect(berthd: &Berthd, id: &str) -> Result<Value> {
-    // Flags before the id: crictl stops parsing flags at the first argument.
-    let out = berthd.crictl_ok(&["inspectp", "-o", "json", id])?;
-    serde_json::from_str(&out).with_context(|| format!("crictl inspectp printed {out}"))
-}
-
 fn shim_running(pid: u64) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains("berth-shim"))
@@ -102,7 +96,7 @@ fn pod_lifecycle_with_network_files_and_shim() -> Result<()> {
         pods(&berthd)?
     );
 
-    let status = inspect(&berthd, &id)?;
+    let status = berthd.crictl_json(&["inspectp", &id])?;
     let ip = status["status"]["network"]["ip"].as_str().unwrap_or("");
     ensure!(
         in_subnet(ip, &subnet),
@@ -195,7 +189,9 @@ fn pod_lifecycle_with_network_files_and_shim() -> Result<()> {
         let id = runp(&berthd, &config)?;
         times.push(started.elapsed());
         if i == 0 {
-            let pid = inspect(&berthd, &id)?["info"]["pid"].as_u64().unwrap_or(0);
+            let pid = berthd.crictl_json(&["inspectp", &id])?["info"]["pid"]
+                .as_u64()
+                .unwrap_or(0);
             let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
             let pss = rollup
                 .lines()
@@ -220,7 +216,7 @@ fn host_network_pod_runs_without_a_network_namespace() -> Result<()> {
     let (berthd, _subnet) = start(2)?;
     let dir = berthd.paths().dir.clone();
     let id = runp(&berthd, &pod_config(&dir, "hostnet", true)?)?;
-    let status = inspect(&berthd, &id)?;
+    let status = berthd.crictl_json(&["inspectp", &id])?;
     ensure!(status["status"]["state"] == "SANDBOX_READY", "{status}");
     ensure!(status["status"]["network"]["ip"] == "", "{status}");
     ensure!(status["info"]["netnsPath"] == "", "{status}");
@@ -236,11 +232,13 @@ fn pod_survives_kill_9_of_berthd_and_can_be_stopped_and_removed() -> Result<()> 
     let (mut berthd, _subnet) = start(3)?;
     let dir = berthd.paths().dir.clone();
     let id = runp(&berthd, &pod_config(&dir, "survivor", false)?)?;
-    let pid = inspect(&berthd, &id)?["info"]["pid"].as_u64().unwrap_or(0);
+    let pid = berthd.crictl_json(&["inspectp", &id])?["info"]["pid"]
+        .as_u64()
+        .unwrap_or(0);
     ensure!(shim_running(pid));
     // A second pod whose shim dies while berthd is down.
     let orphan = runp(&berthd, &pod_config(&dir, "orphan", false)?)?;
-    let orphan_pid = inspect(&berthd, &orphan)?["info"]["pid"]
+    let orphan_pid = berthd.crictl_json(&["inspectp", &orphan])?["info"]["pid"]
         .as_u64()
         .unwrap_or(0);
 
@@ -380,7 +378,7 @@ fn ten_pods_in_parallel_get_distinct_addresses_and_leave_nothing_behind() -> Res
     let mut ips = std::collections::BTreeSet::new();
     let mut shims = Vec::new();
     for id in &ids {
-        let status = inspect(&berthd, id)?;
+        let status = berthd.crictl_json(&["inspectp", id])?;
         let ip = status["status"]["network"]["ip"]
             .as_str()
             .unwrap_or("")

@@ -85,18 +85,8 @@ fn run_container(berthd: &Berthd, pod: &str, ctr: &Path, pod_cfg: &Path) -> Resu
     Ok(id)
 }
 
-fn inspect(berthd: &Berthd, id: &str) -> Result<Value> {
-    let out = berthd.crictl_ok(&["inspect", "-o", "json", id])?;
-    serde_json::from_str(&out).with_context(|| format!("crictl inspect printed {out}"))
-}
-
-fn inspectp(berthd: &Berthd, id: &str) -> Result<Value> {
-    let out = berthd.crictl_ok(&["inspectp", "-o", "json", id])?;
-    serde_json::from_str(&out).with_context(|| format!("crictl inspectp printed {out}"))
-}
-
 fn list(berthd: &Berthd, what: &str, key: &str) -> Result<Vec<Value>> {
-    let v = berthd.crictl_json(&[what, "-o", "json"])?;
+    let v = berthd.crictl_json(&[what])?;
     Ok(v[key].as_array().cloned().unwrap_or_default())
 }
 
@@ -264,10 +254,10 @@ fn twenty_pods_survive_kill_9_and_exits_during_the_outage_are_recorded() -> Resu
         pods.push((i, pod, ctr));
     }
     // The shim of pod 0 dies during the outage; its container must not outlive it.
-    let victim_shim = inspectp(&berthd, &pods[0].1)?["info"]["pid"]
+    let victim_shim = berthd.crictl_json(&["inspectp", &pods[0].1])?["info"]["pid"]
         .as_u64()
         .unwrap_or(0);
-    let victim_ctr = inspect(&berthd, &pods[0].2)?["info"]["pid"]
+    let victim_ctr = berthd.crictl_json(&["inspect", &pods[0].2])?["info"]["pid"]
         .as_u64()
         .unwrap_or(0);
     ensure!(alive(victim_shim) && alive(victim_ctr));
@@ -284,12 +274,13 @@ fn twenty_pods_survive_kill_9_and_exits_during_the_outage_are_recorded() -> Resu
     // Exits during the outage are picked up as the shims report them.
     for (i, _, ctr) in pods.iter().filter(|(i, ..)| i % 2 == 1) {
         ensure!(
-            wait_for(Duration::from_secs(20), || inspect(&berthd, ctr)
+            wait_for(Duration::from_secs(20), || berthd
+                .crictl_json(&["inspect", ctr])
                 .is_ok_and(|s| s["status"]["state"] == "CONTAINER_EXITED")),
             "pod {i}: {}",
-            inspect(&berthd, ctr)?
+            berthd.crictl_json(&["inspect", ctr])?
         );
-        let st = &inspect(&berthd, ctr)?["status"];
+        let st = &berthd.crictl_json(&["inspect", ctr])?["status"];
         ensure!(
             st["exitCode"] == 100 + i && st["reason"] == "Error",
             "pod {i}: {st}"
@@ -301,18 +292,18 @@ fn twenty_pods_survive_kill_9_and_exits_during_the_outage_are_recorded() -> Resu
         );
     }
     for (i, pod, ctr) in pods.iter().filter(|(i, ..)| i % 2 == 0 && *i != 0) {
-        let st = inspect(&berthd, ctr)?;
+        let st = berthd.crictl_json(&["inspect", ctr])?;
         ensure!(
             st["status"]["state"] == "CONTAINER_RUNNING",
             "pod {i}: {st}"
         );
         let out = berthd.crictl_ok(&["exec", "-s", ctr, "echo", "alive"])?;
         ensure!(out.contains("alive"), "pod {i}: {out}");
-        let p = inspectp(&berthd, pod)?;
+        let p = berthd.crictl_json(&["inspectp", pod])?;
         ensure!(p["status"]["state"] == "SANDBOX_READY", "pod {i}: {p}");
     }
     // The container of the dead shim is reported exited and its process is gone.
-    let st = inspect(&berthd, &pods[0].2)?;
+    let st = berthd.crictl_json(&["inspect", &pods[0].2])?;
     ensure!(st["status"]["state"] == "CONTAINER_EXITED", "{st}");
     ensure!(
         wait_for(Duration::from_secs(10), || !alive(victim_ctr)),
