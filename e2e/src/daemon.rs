@@ -23,6 +23,7 @@ use crate::cleanup::{
     kill_containers_rooted_in, kill_pid_holders, kill_processes_mentioning, remove_pod_cgroups,
     unmount_under,
 };
+use crate::fixtures::path_str;
 use crate::process::{LoggedChild, wait_until};
 use crate::registry::Registry;
 use crate::testimages::{GCR_IO, K8S_GCR_IO, REGISTRY_K8S_IO};
@@ -326,6 +327,17 @@ impl Berthd {
         }
         String::from_utf8(out.stdout)
             .with_context(|| format!("crictl {} printed non-UTF-8", args.join(" ")))
+    }
+
+    /// `crictl create` then `start` of a container from its config files; its id.
+    pub fn run_container(&self, pod: &str, ctr_cfg: &Path, pod_cfg: &Path) -> Result<String> {
+        let (ctr_cfg, pod_cfg) = (path_str(ctr_cfg)?, path_str(pod_cfg)?);
+        let id = self
+            .crictl_ok(&["create", pod, ctr_cfg, pod_cfg])?
+            .trim()
+            .to_string();
+        self.crictl_ok(&["start", &id])?;
+        Ok(id)
     }
 
     /// Runs crictl with `-o json` after the subcommand (`args[0]`) and parses its output; flags

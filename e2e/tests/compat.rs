@@ -57,15 +57,6 @@ fn container_config(
     )
 }
 
-fn run(berthd: &Berthd, pod: &str, ctr: &Path, pod_cfg: &Path) -> Result<String> {
-    let id = berthd
-        .crictl_ok(&["create", pod, s(ctr)?, s(pod_cfg)?])?
-        .trim()
-        .to_string();
-    berthd.crictl_ok(&["start", &id])?;
-    Ok(id)
-}
-
 /// crictl's failure text (its stderr carries berthd's gRPC status).
 fn crictl_err(berthd: &Berthd, args: &[&str]) -> Result<String> {
     let out = berthd.crictl(args)?;
@@ -89,7 +80,7 @@ fn kubelet_pods_with_user_namespace_mode_node_run_and_mode_pod_is_refused() -> R
         .trim()
         .to_string();
     let ctr_cfg = container_config(&dir, "app", &["sleep", "1000"], userns_node)?;
-    let ctr = run(&berthd, &pod, &ctr_cfg, &pod_cfg)?;
+    let ctr = berthd.run_container(&pod, &ctr_cfg, &pod_cfg)?;
     let state = berthd.crictl_json(&["inspect", &ctr])?;
     ensure!(state["status"]["state"] == "CONTAINER_RUNNING", "{state}");
     // The host's user namespace: the container's root is the host's root.
@@ -151,9 +142,9 @@ fn pod_mode_containers_in_a_container_mode_pod_share_the_pods_own_pid_namespace(
 
     // Containers left at the proto default, PID mode POD, as hand-written configs are.
     let a_cfg = container_config(&dir, "a", &["sleep", "1001"], json!({"pid": POD}))?;
-    let a = run(&berthd, &pod, &a_cfg, &pod_cfg)?;
+    let a = berthd.run_container(&pod, &a_cfg, &pod_cfg)?;
     let b_cfg = container_config(&dir, "b", &["sleep", "1002"], json!({}))?;
-    let b = run(&berthd, &pod, &b_cfg, &pod_cfg)?;
+    let b = berthd.run_container(&pod, &b_cfg, &pod_cfg)?;
     // As under containerd's pause: pid 1 is the pod's holder, and the two see each other.
     let init = berthd.crictl_ok(&["exec", "-s", &a, "cat", "/proc/1/comm"])?;
     ensure!(init.trim() == "berth-pidns", "pid 1 is {init:?}");
@@ -165,7 +156,7 @@ fn pod_mode_containers_in_a_container_mode_pod_share_the_pods_own_pid_namespace(
 
     // A CONTAINER-mode container there (kubelet's default) is its own pid 1, alone.
     let c_cfg = container_config(&dir, "c", &["sleep", "1003"], json!({"pid": CONTAINER}))?;
-    let c = run(&berthd, &pod, &c_cfg, &pod_cfg)?;
+    let c = berthd.run_container(&pod, &c_cfg, &pod_cfg)?;
     let init = berthd.crictl_ok(&["exec", "-s", &c, "cat", "/proc/1/cmdline"])?;
     ensure!(init.starts_with("sleep\u{0}1003"), "pid 1 is {init:?}");
     let ps = berthd.crictl_ok(&["exec", "-s", &c, "ps", "-o", "args"])?;
@@ -179,7 +170,7 @@ fn pod_mode_containers_in_a_container_mode_pod_share_the_pods_own_pid_namespace(
         .trim()
         .to_string();
     let h_cfg = container_config(&dir, "h", &["sleep", "1004"], json!({"pid": POD}))?;
-    let h = run(&berthd, &host_pod, &h_cfg, &host_cfg)?;
+    let h = berthd.run_container(&host_pod, &h_cfg, &host_cfg)?;
     let pid = berthd.crictl_json(&["inspect", &h])?["info"]["pid"]
         .as_u64()
         .context("no pid")?;
@@ -214,7 +205,7 @@ fn a_log_path_without_a_pod_log_directory_runs_without_a_log_file() -> Result<()
         &["sh", "-c", "echo hi; sleep 1000"],
         json!({}),
     )?;
-    let ctr = run(&berthd, &pod, &ctr_cfg, &pod_cfg)?;
+    let ctr = berthd.run_container(&pod, &ctr_cfg, &pod_cfg)?;
     let state = berthd.crictl_json(&["inspect", &ctr])?;
     ensure!(state["status"]["state"] == "CONTAINER_RUNNING", "{state}");
     ensure!(state["status"]["logPath"] == "", "{state}");

@@ -76,15 +76,6 @@ fn runp(berthd: &Berthd, cfg: &Path, handler: Option<&str>) -> Result<String> {
     Ok(berthd.crictl_ok(&args)?.trim().to_string())
 }
 
-fn run_container(berthd: &Berthd, pod: &str, ctr: &Path, pod_cfg: &Path) -> Result<String> {
-    let id = berthd
-        .crictl_ok(&["create", pod, s(ctr)?, s(pod_cfg)?])?
-        .trim()
-        .to_string();
-    berthd.crictl_ok(&["start", &id])?;
-    Ok(id)
-}
-
 fn list(berthd: &Berthd, what: &str, key: &str) -> Result<Vec<Value>> {
     let v = berthd.crictl_json(&[what])?;
     Ok(v[key].as_array().cloned().unwrap_or_default())
@@ -250,7 +241,7 @@ fn twenty_pods_survive_kill_9_and_exits_during_the_outage_are_recorded() -> Resu
             )
         };
         let ctr_cfg = container_config(&dir, &name, &script, Some(&trigger))?;
-        let ctr = run_container(&berthd, &pod, &ctr_cfg, &pod_cfg)?;
+        let ctr = berthd.run_container(&pod, &ctr_cfg, &pod_cfg)?;
         pods.push((i, pod, ctr));
     }
     // The shim of pod 0 dies during the outage; its container must not outlive it.
@@ -338,7 +329,7 @@ fn fifty_pods_created_and_removed_leave_nothing_behind() -> Result<()> {
                         let pod_cfg = pod_config(dir, &name)?;
                         let pod = runp(berthd, &pod_cfg, None)?;
                         let ctr_cfg = container_config(dir, &name, "sleep 1000", None)?;
-                        let ctr = run_container(berthd, &pod, &ctr_cfg, &pod_cfg)?;
+                        let ctr = berthd.run_container(&pod, &ctr_cfg, &pod_cfg)?;
                         ids.lock().unwrap().extend([pod, ctr]);
                     }
                     Ok(())
@@ -511,7 +502,7 @@ fn kill_9_in_the_middle_of_runp_and_create_is_rolled_back() -> Result<()> {
         "{snapshots_before} snapshots before, {snapshots_after} after"
     );
     // The pod and its shim still work.
-    let ctr = run_container(&berthd, &pod, &ctr_cfg, &pod_cfg)?;
+    let ctr = berthd.run_container(&pod, &ctr_cfg, &pod_cfg)?;
     let out = berthd.crictl_ok(&["exec", "-s", &ctr, "echo", "fine"])?;
     ensure!(out.contains("fine"), "{out}");
     berthd.crictl_ok(&["rmp", "-f", &pod])?;
